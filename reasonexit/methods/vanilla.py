@@ -1,0 +1,26 @@
+"""``vanilla``: plain decoding (greedy or sampled) with the dataset's prompt; the reference baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Context, Method, Outcome, register
+
+
+@dataclass
+class VanillaParams:
+    """Vanilla decoding has no parameters of its own (decoding settings are shared)."""
+
+
+@register
+class Vanilla(Method):
+    """Decode to the end of sequence or the token limit."""
+
+    name = "vanilla"
+    Params = VanillaParams
+
+    async def solve(self, ctx: Context) -> Outcome:
+        """Generate one completion."""
+        comp = await ctx.session.complete(ctx.prompt_ids, ctx.sampling(), ctx.usage, ctx.request_id("main"))
+        reason = "eos" if comp.finish_reason == "stop" else (comp.finish_reason or "unknown")
+        return Outcome(comp.token_ids, reason, finished=comp.finish_reason == "stop")

@@ -1,0 +1,94 @@
+"""Per-problem results: the completion split into thinking and answer, graded, with honest accounting."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .answers import extract_answer, grade
+from .engine import EngineSession, Usage
+from .methods.base import Outcome
+from .thinking import split_completion
+
+
+@dataclass
+class Result:
+    """One problem solved by one method.
+
+    ``output_tokens`` counts the completion the user gets (thinking + answer);
+    ``compute_tokens`` counts every token decoded for the problem (probes, aborted branches and
+    discarded continuations included); ``prompt_tokens`` is the problem's prompt.
+    """
+
+    id: str
+    method: str
+    params: dict[str, Any]
+    text: str
+    thinking: str
+    answer_text: str
+    answer: str | None
+    gold: str | None
+    correct: bool | None
+    prompt_tokens: int
+    output_tokens: int
+    compute_tokens: int
+    thinking_tokens: int
+    answer_tokens: int
+    closed_thinking: bool
+    wall_s: float
+    exit_reason: str
+    problem: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        """A JSON-ready dict (one line of a run file)."""
+        return asdict(self)
+
+
+def build_result(
+    session: EngineSession,
+    *,
+    id: str,
+    method_name: str,
+    params: dict[str, Any],
+    outcome: Outcome,
+    usage: Usage,
+    wall_s: float,
+    gold: str | None,
+    kind: str,
+    problem: str = "",
+) -> Result:
+    """Decode, split, extract and grade an outcome into a :class:`Result`."""
+    ids = outcome.token_ids
+    markers = session.markers
+    split = split_completion(ids, markers)
+    eos = set(session.eos_ids)
+    answer_ids = [t for t in ids[split.answer_start :] if t not in eos]
+    thinking = session.decode(ids[split.thinking_start : split.thinking_end])
+    answer_text = session.decode(answer_ids)
+    # With thinking markers, only the answer part is searched (a trial answer inside an unfinished
+    # thinking block is not an answer). Without markers, the whole text is the answer.
+    search = answer_text if markers.has_thinking else session.decode([t for t in ids if t not in eos])
+    answer = extract_answer(search, kind)
+    correct = grade(answer, gold, kind) if gold is not None else None
+    return Result(
+        id=id,
+        method=method_name,
+        params=params,
+        text=session.decode(ids),
+        thinking=thinking,
+        answer_text=answer_text,
+        answer=answer,
+        gold=gold,
+        correct=correct,
+        prompt_tokens=usage.prompt_tokens,
+        output_tokens=len(ids),
+        compute_tokens=usage.compute_tokens,
+        thinking_tokens=split.thinking_tokens,
+        answer_tokens=len(answer_ids),
+        closed_thinking=split.closed,
+        wall_s=round(wall_s, 4),
+        exit_reason=outcome.exit_reason,
+        problem=problem,
+        info={**outcome.info, "requests": usage.requests, "cached_prompt_tokens": usage.cached_prompt_tokens},
+    )

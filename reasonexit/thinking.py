@@ -1,0 +1,141 @@
+"""Locating the reasoning span of a model from its tokenizer and chat template.
+
+DeepSeek-R1 distills open ``<think>`` in their chat template (generation starts inside the
+thinking block); Qwen3 and QwQ write ``<think>`` themselves. Both cases, and models with no
+thinking markers at all, are found by the same code path: look the marker strings up in the
+tokenizer and render the chat template once to see whether it already opened the block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import UserError
+
+# Marker pairs used by public reasoning models, most common first.
+KNOWN_MARKERS: tuple[tuple[str, str], ...] = (
+    ("<think>", "</think>"),
+    ("<thinking>", "</thinking>"),
+    ("<|begin_of_thought|>", "<|end_of_thought|>"),
+)
+
+
+@dataclass(frozen=True)
+class ThinkingMarkers:
+    """Where a model's thinking starts and ends, as text and as token ids.
+
+    ``opened_by_template`` is true when the chat template's generation prompt already ends with
+    the start marker, so the completion begins inside the thinking block.
+    """
+
+    start: str | None
+    end: str | None
+    start_ids: tuple[int, ...] = ()
+    end_ids: tuple[int, ...] = ()
+    opened_by_template: bool = False
+
+    @property
+    def has_thinking(self) -> bool:
+        """True when the model has a thinking span at all."""
+        return bool(self.end_ids)
+
+    def describe(self) -> str:
+        """One line for logs: the markers, or ``no thinking span``."""
+        if not self.has_thinking:
+            return "no thinking span"
+        how = "opened by chat template" if self.opened_by_template else "written by the model"
+        return f"thinking {self.start!r} ... {self.end!r} ({how})"
+
+
+def _encode(tokenizer, text: str) -> tuple[int, ...]:
+    return tuple(tokenizer.encode(text, add_special_tokens=False))
+
+
+def _in_vocab(tokenizer, marker: str) -> bool:
+    vocab = tokenizer.get_vocab()
+    return marker in vocab
+
+
+def render_chat(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """Render chat messages with the generation prompt; a plain user line if there is no template."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    return "\n".join(m["content"] for m in messages) + "\n"
+
+
+def detect_markers(
+    tokenizer, start: str | None = None, end: str | None = None, *, disable: bool = False
+) -> ThinkingMarkers:
+    """Find the thinking markers of ``tokenizer``.
+
+    ``start``/``end`` override the detection (for models with unusual markers); ``disable``
+    treats the model as a non-reasoning model.
+    """
+    if disable:
+        return ThinkingMarkers(None, None)
+    if (start is None) != (end is None):
+        raise UserError("give both --think-start and --think-end, or neither")
+    if start is None:
+        for cand_start, cand_end in KNOWN_MARKERS:
+            if _in_vocab(tokenizer, cand_start) and _in_vocab(tokenizer, cand_end):
+                start, end = cand_start, cand_end
+                break
+        else:
+            return ThinkingMarkers(None, None)
+    assert start is not None and end is not None
+    start_ids, end_ids = _encode(tokenizer, start), _encode(tokenizer, end)
+    if not start_ids or not end_ids:
+        raise UserError(f"thinking markers {start!r}/{end!r} encode to no tokens")
+    rendered = render_chat(tokenizer, [{"role": "user", "content": "1+1?"}])
+    opened = rendered.rstrip().endswith(start)
+    return ThinkingMarkers(start, end, start_ids, end_ids, opened)
+
+
+def find_subsequence(seq: Sequence[int], sub: Sequence[int], start: int = 0) -> int:
+    """Index of the first occurrence of ``sub`` in ``seq`` at or after ``start``, or -1."""
+    n, m = len(seq), len(sub)
+    if m == 0:
+        return -1
+    first = sub[0]
+    for i in range(start, n - m + 1):
+        if seq[i] == first and tuple(seq[i : i + m]) == tuple(sub):
+            return i
+    return -1
+
+
+@dataclass(frozen=True)
+class Split:
+    """Token-level split of a completion into its thinking and answer parts.
+
+    ``thinking_start``/``thinking_end`` index into the completion's token ids: thinking tokens
+    are ``ids[thinking_start:thinking_end]``; the answer follows the end marker.
+    ``closed`` tells whether the end marker was written.
+    """
+
+    thinking_start: int
+    thinking_end: int
+    answer_start: int
+    closed: bool
+
+    @property
+    def thinking_tokens(self) -> int:
+        """Number of thinking tokens (markers excluded)."""
+        return self.thinking_end - self.thinking_start
+
+
+def split_completion(ids: Sequence[int], markers: ThinkingMarkers) -> Split:
+    """Split completion token ids into thinking and answer by the markers."""
+    if not markers.has_thinking:
+        return Split(0, 0, 0, False)
+    begin = 0
+    if not markers.opened_by_template:
+        pos = find_subsequence(ids, markers.start_ids)
+        if pos < 0:
+            # The model never opened a thinking block: everything is answer.
+            return Split(0, 0, 0, False)
+        begin = pos + len(markers.start_ids)
+    end = find_subsequence(ids, markers.end_ids, begin)
+    if end < 0:
+        return Split(begin, len(ids), len(ids), False)
+    return Split(begin, end, end + len(markers.end_ids), True)

@@ -1,0 +1,31 @@
+"""Shared fixtures: one real vLLM engine (CPU) on the tiny model for the whole test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session  # noqa: E402
+
+#: The model under test: the bundled testbed unless REASONEXIT_TEST_MODEL names another.
+TEST_MODEL = os.environ.get("REASONEXIT_TEST_MODEL", DEFAULT_MODEL)
+
+#: Engine settings shared by the fixture and by CLI calls made in-process (same key, same engine).
+TEST_ENGINE = EngineConfig(model=TEST_MODEL, dtype="float32", max_model_len=2048, seed=0)
+CLI_ENGINE_ARGS = ["--model", TEST_MODEL, "--dtype", "float32", "--max-model-len", "2048", "--seed", "0"]
+
+BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def session():
+    """The process-wide engine session, started once."""
+    s = get_session(TEST_ENGINE)
+    s.start()
+    yield s
+    s.close()

@@ -1,0 +1,116 @@
+"""The engine session and the baseline methods on the real vLLM engine (CPU, tiny model)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import pytest
+
+from reasonexit import generate
+from reasonexit.engine import Usage
+from reasonexit.methods.base import Decoding
+from reasonexit.prompts import format_prompt
+from reasonexit.runner import Job, solve_all
+from reasonexit.synthetic import generate_problems
+
+PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(6, split="test", seed=123)]
+
+
+def test_markers_found_through_the_chat_template(session):
+    m = session.markers
+    assert m.has_thinking and m.start == "<think>" and m.end == "</think>"
+    assert m.opened_by_template  # DeepSeek-R1 style: the generation prompt ends with <think>
+    ids = session.chat_prompt_ids("What is 2 + 3?")
+    assert session.decode(ids).rstrip().endswith("<think>")
+
+
+def test_vanilla_greedy_is_deterministic_and_accounted(session):
+    a = generate(PROMPTS[:3], "vanilla", session=session, max_tokens=256)
+    b = generate(PROMPTS[:3], "vanilla", session=session, max_tokens=256)
+    for x, y in zip(a, b, strict=True):
+        assert x.text == y.text
+        assert x.output_tokens > 0
+        # vanilla decodes exactly what it returns
+        assert x.compute_tokens == x.output_tokens
+        assert x.prompt_tokens == len(session.chat_prompt_ids(PROMPTS[int(x.id)]))
+        assert x.exit_reason in ("eos", "length")
+        assert x.thinking_tokens + x.answer_tokens <= x.output_tokens
+
+
+def test_budget_forces_end_of_thinking_at_the_cap(session):
+    budget = 12
+    res = generate(PROMPTS[:4], "budget", session=session, max_tokens=200, max_thinking_tokens=budget)
+    for r in res:
+        assert r.exit_reason == "budget", r.text
+        assert r.thinking_tokens == budget
+        assert r.closed_thinking
+        assert r.text.count(session.markers.end) == 1
+        assert r.answer_tokens >= 1
+
+
+def test_budget_above_trace_length_equals_vanilla(session):
+    van = generate(PROMPTS[:3], "vanilla", session=session, max_tokens=128)
+    big = generate(PROMPTS[:3], "budget", session=session, max_tokens=128, max_thinking_tokens=100000)
+    assert [r.text for r in van] == [r.text for r in big]
+    assert all(r.exit_reason != "budget" for r in big)
+
+
+def test_abort_stops_decoding(session):
+    usage = Usage()
+    ids = session.chat_prompt_ids(PROMPTS[0])
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True, detokenize=False)
+
+    async def take(n: int) -> int:
+        got = 0
+        async with contextlib.aclosing(session.stream(ids, params, usage)) as st:
+            async for d in st:
+                got += len(d.token_ids)
+                if got >= n:
+                    break
+        await asyncio.sleep(0.5)
+        return got
+
+    got = session.run(take(5))
+    assert got >= 5
+    assert usage.compute_tokens == got  # nothing streamed after the abort
+    assert session.engine.get_num_unfinished_requests() == 0
+
+
+def test_prefix_cache_is_reused(session):
+    usage = Usage()
+    ids = session.chat_prompt_ids(PROMPTS[1] + " " + PROMPTS[2])  # long enough to fill cache blocks
+    from vllm import SamplingParams
+
+    params = SamplingParams(max_tokens=4, temperature=0.0, detokenize=False)
+    session.run(session.complete(ids, params, usage))
+    session.run(session.complete(ids, params, usage))
+    assert usage.requests == 2
+    assert usage.cached_prompt_tokens > 0
+
+
+def test_all_problems_in_flight_results_in_order(session):
+    jobs = [Job(id=f"j{i}", prompt_ids=session.chat_prompt_ids(p)) for i, p in enumerate(PROMPTS)]
+    from reasonexit.methods import make_method
+
+    res = session.run(solve_all(session, make_method("vanilla"), jobs, Decoding(max_tokens=64), max_in_flight=6))
+    assert [r.id for r in res] == [j.id for j in jobs]
+
+
+def test_async_api_from_another_loop(session):
+    from reasonexit import agenerate
+
+    async def main():
+        return await agenerate(PROMPTS[:2], "vanilla", session=session, max_tokens=32)
+
+    res = asyncio.run(main())
+    assert len(res) == 2 and all(r.output_tokens > 0 for r in res)
+
+
+def test_prompt_longer_than_context_is_a_user_error(session):
+    from reasonexit.errors import UserError
+
+    with pytest.raises(UserError, match="longer than the model context"):
+        generate(["word " * 5000], "vanilla", session=session)
