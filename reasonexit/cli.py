@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _report_parser(sub)
     sub.add_parser("methods", help="list methods and their options")
+    sub.add_parser("train", help="training jobs: `reasonexit train sgrpo --config rl/<recipe>.yaml`", add_help=False)
     return parser
 
 
@@ -212,6 +213,12 @@ def cmd_methods() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``reasonexit`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # Training has its own parser (and heavy imports): hand the rest of the line over.
+        from .training.cli import main as train_main
+
+        return train_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:

@@ -9,8 +9,7 @@ MATH_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answe
 GSM8K_TEMPLATE = MATH_TEMPLATE
 
 CHOICE_TEMPLATE = (
-    "{problem}\nPlease reason step by step, and put the letter of your final choice "
-    "(A, B, C or D) within \\boxed{{}}."
+    "{problem}\nPlease reason step by step, and put the letter of your final choice (A, B, C or D) within \\boxed{{}}."
 )
 
 TEMPLATES: dict[str, str] = {
