@@ -398,8 +398,8 @@ def make_trace(
         ``(thinking, answer_text)``. ``thinking`` is the body of the ``<think>`` block (without
         the markers): paragraphs separated by ``"\\n\\n"``, with the answer first stated as
         "So the answer is N." followed by re-check passages, each opening a paragraph with
-        "Wait", "Hmm" or "Alternatively". ``answer_text`` is one short sentence ending in
-        ``\\boxed{N}`` with the correct answer.
+        "Wait", "Hmm" or "Alternatively". ``answer_text`` is a short answer ending in
+        ``\\boxed{N}.`` with the correct answer.
     """
     steps = problem["steps"]
     ans = problem["answer"]
@@ -443,7 +443,7 @@ def make_trace(
         (
             f"{name} has {ans} {noun} at the end. The answer is \\boxed{{{ans}}}.",
             f"The answer is \\boxed{{{ans}}}.",
-            f"So {name} has \\boxed{{{ans}}} {noun}.",
+            f"{name} ends up with {ans} {noun}, so the final answer is \\boxed{{{ans}}}.",
         )
     )
     return thinking, answer_text

@@ -103,6 +103,7 @@ def test_traces_well_formed() -> None:
     n_wait = n_fixed = 0
     for prob, thinking, answer in traces:
         boxed = re.findall(r"\\boxed\{(\d+)\}", answer)
+        assert answer.endswith(f"\\boxed{{{prob['answer']}}}.")
         assert boxed == [str(prob["answer"])]
         assert "<think>" not in thinking and "</think>" not in thinking
         paras = thinking.split("\n\n")
