@@ -203,12 +203,14 @@ class EngineSession:
             return
         self._closed = True
         engine, self._engine = self._engine, None
+        # Stop our loop first, so vLLM's output handler does not report the engine core's exit as
+        # a crash while the core shuts down.
+        self._stop_loop()
         if engine is not None:
             with contextlib.suppress(Exception):
                 engine.shutdown()
             # Drop the last reference now: AsyncLLM.__del__ at interpreter exit fails noisily.
             del engine
-        self._stop_loop()
 
     def __enter__(self) -> EngineSession:
         return self

@@ -39,10 +39,14 @@ class Result:
     exit_reason: str
     problem: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    #: The completion's token ids (not written to run files).
+    token_ids: list[int] = field(default_factory=list, repr=False)
 
     def to_row(self) -> dict[str, Any]:
-        """A JSON-ready dict (one line of a run file)."""
-        return asdict(self)
+        """A JSON-ready dict (one line of a run file), without the token ids."""
+        row = asdict(self)
+        del row["token_ids"]
+        return row
 
 
 def build_result(
@@ -91,4 +95,5 @@ def build_result(
         exit_reason=outcome.exit_reason,
         problem=problem,
         info={**outcome.info, "requests": usage.requests, "cached_prompt_tokens": usage.cached_prompt_tokens},
+        token_ids=list(ids),
     )

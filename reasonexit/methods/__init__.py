@@ -2,7 +2,7 @@
 
 from .base import Context, Decoding, Method, Outcome, make_method, method_class, method_names, register
 
-_BUILTIN = ("vanilla", "budget")
+_BUILTIN = ("vanilla", "budget", "deer")
 
 
 def _load_all() -> None:
