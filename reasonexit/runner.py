@@ -44,6 +44,7 @@ async def solve_job(session: EngineSession, method: Method, job: Job, decoding: 
         kind=job.kind,
         seed=decoding.seed * 1_000_003 + index,
         request_prefix=f"{job.id}",
+        gold=job.gold,
     )
     start = time.perf_counter()
     outcome = await method.solve(ctx)

@@ -11,6 +11,7 @@ Finish Search over DEER branches) call the inner method's :meth:`Method.solve` w
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -42,6 +43,8 @@ class Context:
     kind: str = "math"
     seed: int = 0
     request_prefix: str = "p"
+    #: The problem's gold answer when known (for records such as pass@n; never for decisions).
+    gold: str | None = None
 
     def sampling(self, **overrides: Any):
         """vLLM ``SamplingParams`` for this context's decoding settings and seed."""
@@ -85,13 +88,22 @@ class Outcome:
 
 
 class Method(ABC):
-    """A named early-exit (or baseline) method with typed parameters."""
+    """A named early-exit (or baseline) method with typed parameters.
+
+    A method whose ``Params`` have the fields ``inner`` (a method name) and ``inner_options`` (a
+    dict) runs another method inside it: :attr:`inner` is built from them here, and
+    :func:`parse_params` hands it every option the outer method does not take itself.
+    """
 
     name: ClassVar[str]
     Params: ClassVar[type]
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
+        #: The method run inside this one (``None`` for methods that nest nothing).
+        self.inner: Method | None = None
+        if _nests(type(self.params)):
+            self.inner = make_method(self.params.inner, dict(self.params.inner_options or {}))
 
     def describe(self) -> dict[str, Any]:
         """Parameters as a JSON-ready dict (stored in every result row)."""
@@ -103,9 +115,19 @@ class Method(ABC):
 
 
 def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return list(v)
+    if isinstance(v, tuple | list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
     return v
+
+
+def _nests(params_cls: type) -> bool:
+    """True when a ``Params`` class names an inner method (fields ``inner`` and ``inner_options``)."""
+    if not dataclasses.is_dataclass(params_cls):
+        return False
+    names = {f.name for f in dataclasses.fields(params_cls)}
+    return {"inner", "inner_options"} <= names
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -149,16 +171,34 @@ def option_names(cls: type[Method]) -> list[str]:
 
 
 def parse_params(cls: type[Method], options: dict[str, Any]):
-    """Turn an options dict into the method's ``Params``; unknown or ill-typed options are user errors."""
+    """Turn an options dict into the method's ``Params``; unknown or ill-typed options are user errors.
+
+    For a method that nests another (see :class:`Method`), options it does not take are forwarded
+    to the inner method, checked there, and stored in ``inner_options`` with all of the inner
+    method's settings (so ``--method ffs --inner budget --max-thinking-tokens 32`` works).
+    """
     hints = typing.get_type_hints(cls.Params)
     known = {f.name for f in dataclasses.fields(cls.Params)}
+    nests = _nests(cls.Params)
     kwargs: dict[str, Any] = {}
+    forward: dict[str, Any] = {}
     for raw_key, value in options.items():
         key = raw_key.lstrip("-").replace("-", "_")
         if key not in known:
+            if nests:
+                forward[key] = value
+                continue
             opts = ", ".join(option_names(cls)) or "none"
             raise UserError(f"unknown option --{key.replace('_', '-')} for method {cls.name} (options: {opts})")
         kwargs[key] = _convert(value, hints[key], key)
+    if nests:
+        inner_name = kwargs.get("inner", _field_default(cls.Params, "inner"))
+        inner_cls = method_class(inner_name)
+        try:
+            inner_params = parse_params(inner_cls, {**(kwargs.get("inner_options") or {}), **forward})
+        except UserError as exc:
+            raise UserError(f"{exc} [{inner_name} runs inside {cls.name}]") from None
+        kwargs["inner_options"] = dataclasses.asdict(inner_params)
     try:
         params = cls.Params(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -169,10 +209,24 @@ def parse_params(cls: type[Method], options: dict[str, Any]):
     return params
 
 
+def _field_default(params_cls: type, name: str) -> Any:
+    """The default value of one field of a ``Params`` dataclass."""
+    f = next(f for f in dataclasses.fields(params_cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Convert a command-line string (or a Python value) to the annotated type."""
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if (origin is dict or tp is dict) and isinstance(value, str):
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise UserError(f"--{key.replace('_', '-')} expects a JSON object, got {value!r}")
+        return parsed
     if origin in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
