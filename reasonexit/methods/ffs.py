@@ -1,0 +1,66 @@
+"""``ffs``: First Finish Search (Agarwal et al., 2025).
+
+Launch ``n`` independent samples of the same prompt and return the first one to finish; the others
+are aborted at once. Shorter traces tend to be the correct ones on reasoning models, and the first
+to finish is the shortest, so FFS answers sooner than one sample while decoding about ``n`` times
+the winner's length. With ``k > 1`` it waits for the first ``k`` finishers and majority-votes their
+answers (first-k-finish voting).
+
+Each branch runs another method inside it (``inner``, default ``vanilla``): with
+``--method ffs --inner deer`` the first branch to exit early and answer wins. Options ``ffs``
+does not take itself go to the inner method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from .base import Context, Method, Outcome, register
+from .parallel import solve_parallel
+
+
+@dataclass
+class FfsParams:
+    """``n`` branches; vote among the first ``k`` to finish (``k=1``: the first finisher wins).
+
+    Branches sample at ``sample_temperature``/``sample_top_p`` when given, else at the run's
+    ``--temperature``/``--top-p`` when the run samples, else at 0.6 / 0.95. Branch ``i`` has a seed
+    derived from the problem's seed. ``inner`` names the method each branch runs;
+    ``inner_options`` are its settings (filled from the options ``ffs`` does not take).
+    """
+
+    n: int = 4
+    k: int = 1
+    sample_temperature: float | None = None
+    sample_top_p: float | None = None
+    inner: str = "vanilla"
+    inner_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Reject impossible settings."""
+        if self.n < 1:
+            raise UserError("--n must be >= 1")
+        if not 1 <= self.k <= self.n:
+            raise UserError(f"--k must be between 1 and --n ({self.n}), got {self.k}")
+        if self.sample_temperature is not None and self.sample_temperature < 0:
+            raise UserError("--sample-temperature must be >= 0")
+        if self.sample_top_p is not None and not 0 < self.sample_top_p <= 1:
+            raise UserError("--sample-top-p must be in (0, 1]")
+
+
+@register
+class Ffs(Method):
+    """First Finish Search: n samples in parallel, the first to finish wins (k > 1: vote of the first k)."""
+
+    name = "ffs"
+    Params = FfsParams
+
+    async def solve(self, ctx: Context) -> Outcome:
+        """Race the branches, abort the losers, return the winner (or the vote of the first k)."""
+        p = self.params
+        assert self.inner is not None
+        outcome, _ = await solve_parallel(ctx, self.inner, p.n, p.k, p.sample_temperature, p.sample_top_p)
+        outcome.info = {"n": p.n, "k": p.k, **outcome.info}
+        return outcome

@@ -1,0 +1,54 @@
+"""``majority``: self-consistency. Sample ``n`` traces to the end and majority-vote their answers.
+
+The parallel-sampling baseline of First Finish Search: the same branches (same seeds, same inner
+method) as ``ffs``, but none is aborted. The result also reports pass@n from the same samples
+(whether any of the ``n`` answers is correct) when the gold answer is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from .base import Context, Method, Outcome, register
+from .parallel import solve_parallel
+
+
+@dataclass
+class MajorityParams:
+    """``n`` samples, each running the ``inner`` method; sampling settings as for ``ffs``."""
+
+    n: int = 8
+    sample_temperature: float | None = None
+    sample_top_p: float | None = None
+    inner: str = "vanilla"
+    inner_options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Reject impossible settings."""
+        if self.n < 1:
+            raise UserError("--n must be >= 1")
+        if self.sample_temperature is not None and self.sample_temperature < 0:
+            raise UserError("--sample-temperature must be >= 0")
+        if self.sample_top_p is not None and not 0 < self.sample_top_p <= 1:
+            raise UserError("--sample-top-p must be in (0, 1]")
+
+
+@register
+class Majority(Method):
+    """Self-consistency: n samples to the end, majority vote of their answers; also pass@n."""
+
+    name = "majority"
+    Params = MajorityParams
+
+    async def solve(self, ctx: Context) -> Outcome:
+        """Run all branches to the end and vote (ties go to the earliest finisher)."""
+        p = self.params
+        assert self.inner is not None
+        outcome, branches = await solve_parallel(ctx, self.inner, p.n, p.n, p.sample_temperature, p.sample_top_p)
+        info: dict[str, Any] = {"n": p.n}
+        if ctx.gold is not None:
+            info["pass_at_n"] = any(b.correct for b in branches)
+        outcome.info = {**info, **outcome.info}
+        return outcome
