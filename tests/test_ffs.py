@@ -54,7 +54,7 @@ class _Scripted(Method):
 
     async def solve(self, ctx: Context) -> Outcome:
         i = _branch_index(ctx)
-        params = ctx.sampling(max_tokens=self.decode[i], ignore_eos=True)
+        params = ctx.sampling(max_tokens=self.decode[i], ignore_eos=True, stop_token_ids=[])
         comp = await ctx.session.complete(ctx.prompt_ids, params, ctx.usage, ctx.request_id("s"))
         assert len(comp.token_ids) == self.decode[i]
         done = self.finished[i]
@@ -75,6 +75,16 @@ class _Recording(Method):
         out = await make_method("vanilla").solve(ctx)
         self.seen[_branch_index(ctx)] = list(out.token_ids)
         return out
+
+
+class _FailingFirst(_Scripted):
+    """Test inner: branch 0 fails while the others decode a long trace."""
+
+    async def solve(self, ctx: Context) -> Outcome:
+        if _branch_index(ctx) == 0:
+            await asyncio.sleep(0.2)  # the others are decoding by now
+            raise ValueError("branch 0 failed")
+        return await super().solve(ctx)
 
 
 def _ffs(**opts) -> Method:
@@ -247,6 +257,14 @@ def test_aborted_branches_stop_growing(session):
 
     frozen, left = session.run(cancel_midway())
     assert left == 0 and usage2.compute_tokens == frozen < 4 * 100
+
+
+def test_a_failing_branch_fails_the_problem_and_aborts_the_others(session):
+    method = _ffs(n=3)
+    method.inner = _FailingFirst(decode=[0, 400, 400])
+    with pytest.raises(ValueError, match="branch 0 failed"):
+        generate(PROMPTS[:1], method, session=session, max_tokens=400)
+    assert session.engine.get_num_unfinished_requests() == 0
 
 
 def test_ties_within_one_engine_step_go_to_the_shorter_trace(session):

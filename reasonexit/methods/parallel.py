@@ -172,9 +172,13 @@ async def race(
             now = time.perf_counter() - start
             wakeup += 1
             batch = [pending.pop(t) for t in done]
+            errors = [b.task.exception() for b in batch if b.task is not None and not b.task.cancelled()]
+            failed = next((e for e in errors if e is not None), None)
+            if failed is not None:
+                raise failed  # a failed branch fails the problem (the finally cancels the rest)
             for b in batch:
                 assert b.task is not None
-                b.outcome = b.task.result()  # a failed branch fails the problem (the finally cancels the rest)
+                b.outcome = b.task.result()
             batch.sort(key=lambda b: (not b.outcome.finished, len(b.outcome.token_ids), b.index))
             for b in batch:
                 assert b.outcome is not None
