@@ -34,7 +34,7 @@ EXIT_SAMPLING: tuple[str, ...] = ("random", "even")
 #: objective, where each group member is a whole response). ``full``: the prefix is trained once, on the
 #: full rollout; in the branches it is masked out and only the generated answer is trained.
 SHARED_PREFIX: tuple[str, ...] = ("branches", "full")
-BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm")
+BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm", "vllm-cpu")
 VLLM_MODES: tuple[str, ...] = ("colocate", "server")
 FINAL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 
@@ -70,10 +70,13 @@ class DatasetSection:
 class GenerationSection:
     """Rollout generation: backend and sampling."""
 
-    #: ``auto``: TRL's vLLM on GPU, the policy model's own ``generate`` on CPU (measured faster here for
-    #: the testbed, see ``scripts/bench_sgrpo_backends.py``); ``transformers``; ``vllm`` (TRL colocate/server).
+    #: ``auto``: TRL's vLLM on GPU, the policy model's own ``generate`` on CPU (see
+    #: ``scripts/bench_sgrpo_backends.py``); ``transformers``; ``vllm`` (TRL colocate/server, GPU);
+    #: ``vllm-cpu`` (S-GRPO only: an in-process vLLM engine of the rollout, weights reloaded every step).
     backend: str = "auto"
     vllm_mode: str = "colocate"
+    #: Context length of the ``vllm-cpu`` engine (default: the model's own).
+    vllm_max_model_len: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     #: Cap on the full rollout's completion tokens (thinking and answer).
@@ -207,6 +210,8 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
         raise UserError(f"{src}: 'generation.temperature' must be > 0 (RL needs sampled rollouts)")
     if not 0 < gen.top_p <= 1:
         raise UserError(f"{src}: 'generation.top_p' must be in (0, 1]")
+    if gen.backend == "vllm-cpu" and recipe.method != "sgrpo":
+        raise UserError(f"{src}: 'generation.backend: vllm-cpu' is for sgrpo; plain GRPO uses transformers or vllm")
     if gen.max_completion_tokens < 2:
         raise UserError(f"{src}: 'generation.max_completion_tokens' must be >= 2")
     sg = recipe.sgrpo

