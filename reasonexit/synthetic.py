@@ -18,7 +18,8 @@ Splits
 Traces
     ``make_trace`` writes a ``<think>``-style derivation: step lines separated by blank lines, then
     "So the answer is N.", then 0-4 redundant re-check passages opening with "Wait", "Hmm" or
-    "Alternatively" (each at the start of a paragraph). In about 12% of traces an intermediate step
+    "Alternatively" (each at the start of a paragraph; whole chain, last step, question or total
+    change, whole chain again, in that order). In about 12% of traces an intermediate step
     is computed wrongly and the first "Wait" passage finds and fixes it, so stopping at the first
     transition is not always safe. :func:`first_answer_position` locates the point where the final
     answer is first reached, which splits a trace into useful and redundant thinking.
@@ -45,12 +46,12 @@ _SPLIT_BUCKETS: dict[str, frozenset[int]] = {
 DIFFICULTY_MIX: dict[int, float] = {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25}
 
 
-# difficulty -> (number of operations, max start value, max operand, allowed operations)
-_LEVELS: dict[int, tuple[tuple[int, int], int, int, tuple[str, ...]]] = {
-    1: ((1, 2), 20, 9, ("add", "sub")),
-    2: ((2, 3), 40, 20, ("add", "sub", "groups")),
-    3: ((3, 4), 60, 30, ("add", "sub", "groups", "times", "share")),
-    4: ((4, 5), 99, 60, ("add", "sub", "groups", "times", "share")),
+# difficulty -> (number of operations, max start value, max operand, cap on any value, operations)
+_LEVELS: dict[int, tuple[tuple[int, int], int, int, int, tuple[str, ...]]] = {
+    1: ((1, 2), 20, 9, 40, ("add", "sub")),
+    2: ((2, 3), 30, 15, 80, ("add", "sub", "groups")),
+    3: ((3, 4), 40, 20, 150, ("add", "sub", "groups", "times", "share")),
+    4: ((4, 5), 60, 30, 250, ("add", "sub", "groups", "times", "share")),
 }
 
 _NAMES_SHE = (
@@ -108,38 +109,37 @@ def _bucket(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 10
 
 
-def _pick_op(rng: random.Random, value: int, ops: tuple[str, ...], max_operand: int) -> dict[str, Any]:
-    """Choose one operation applicable to the current ``value`` and return its structured step."""
-    choices = list(ops)
+def _pick_op(
+    rng: random.Random, value: int, ops: tuple[str, ...], max_operand: int, cap: int
+) -> dict[str, Any]:
+    """Choose one operation applicable to ``value`` (result at most ``cap``); return its step."""
     while True:
-        op = rng.choice(choices)
+        op = rng.choice(ops)
         if op == "add":
             a = rng.randint(2, max_operand)
-            return {"op": "add", "a": a, "before": value, "after": value + a}
-        if op == "sub":
+            step = {"op": "add", "a": a, "before": value, "after": value + a}
+        elif op == "sub":
             if value < 3:
-                choices = [o for o in choices if o != "sub"] or ["add"]
                 continue
             a = rng.randint(1, min(max_operand, value - 1))
-            return {"op": "sub", "a": a, "before": value, "after": value - a}
-        if op == "groups":
-            k = rng.randint(2, 6 if max_operand <= 20 else 9)
-            m = rng.randint(2, max(3, min(12, max_operand // 2)))
-            return {"op": "groups", "k": k, "m": m, "a": k * m, "before": value, "after": value + k * m}
-        if op == "times":
-            if value > 150:
-                choices = [o for o in choices if o != "times"]
-                continue
-            k = 2 if value > 60 else rng.choice((2, 2, 3))
-            return {"op": "times", "k": k, "before": value, "after": value * k}
-        if op == "share":
+            step = {"op": "sub", "a": a, "before": value, "after": value - a}
+        elif op == "groups":
+            k = rng.randint(2, 5 if max_operand <= 15 else 8)
+            m = rng.randint(2, 6 if max_operand <= 15 else 9)
+            step = {"op": "groups", "k": k, "m": m, "a": k * m, "before": value, "after": value + k * m}
+        elif op == "times":
+            k = rng.choice((2, 2, 3))
+            step = {"op": "times", "k": k, "before": value, "after": value * k}
+        elif op == "share":
             divisors = [d for d in (2, 3, 4, 5) if value % d == 0 and value // d >= 2]
             if not divisors:
-                choices = [o for o in choices if o != "share"]
                 continue
             k = rng.choice(divisors)
-            return {"op": "share", "k": k, "before": value, "after": value // k}
-        raise AssertionError(op)  # pragma: no cover
+            step = {"op": "share", "k": k, "before": value, "after": value // k}
+        else:  # pragma: no cover
+            raise AssertionError(op)
+        if step["after"] <= cap:
+            return step
 
 
 def _problem_sentence(step: dict[str, Any], pron: str, item: str, rng: random.Random) -> str:
@@ -169,7 +169,7 @@ def _problem_sentence(step: dict[str, Any], pron: str, item: str, rng: random.Ra
 
 def _draw_problem(rng: random.Random, difficulty: int) -> dict[str, Any]:
     """Draw one structured problem of the given difficulty (text, steps, answer)."""
-    (lo, hi), max_start, max_operand, ops = _LEVELS[difficulty]
+    (lo, hi), max_start, max_operand, cap, ops = _LEVELS[difficulty]
     n_ops = rng.randint(lo, hi)
     if rng.random() < 0.5:
         name, pron, poss = rng.choice(_NAMES_SHE), "she", "her"
@@ -180,7 +180,7 @@ def _draw_problem(rng: random.Random, difficulty: int) -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     value = start
     for _ in range(n_ops):
-        step = _pick_op(rng, value, ops, max_operand)
+        step = _pick_op(rng, value, ops, max_operand, cap)
         steps.append(step)
         value = step["after"]
     sentences = [f"{name} has {start} {item}."]
@@ -337,29 +337,27 @@ def _chain(problem: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _recheck(problem: dict[str, Any], rng: random.Random) -> str:
-    """One redundant re-check passage that re-derives the (correct) final answer."""
+def _recheck_full(problem: dict[str, Any], rng: random.Random, opener: str) -> str:
+    """Re-derive the whole chain."""
     ans = problem["answer"]
-    steps = problem["steps"]
-    name, item = problem["name"], problem["item"]
-    kinds = ["full", "full", "last", "question"]
-    if all(s["op"] in ("add", "sub", "groups") for s in steps) and len(steps) >= 2:
-        kinds.append("net")
-    kind = rng.choice(kinds)
-    if kind == "full":
-        opener = rng.choice(
-            ("Wait, let me check.", "Wait, let me check again.", "Hmm, let me verify.", "Wait, is that right?")
-        )
-        closer = rng.choice((f"Yes, the answer is {ans}.", f"So it is {ans} again.", f"Yes, {ans}."))
-        return f"{opener} {name} starts with {problem['start']}. {_chain(problem)}. {closer}"
-    if kind == "last":
-        last = steps[-1]
-        opener = rng.choice(("Wait, let me double-check the last step.", "Hmm, the last step again."))
-        return f"{opener} {_eq(last, last['before'], last['after'])}. Yes, that is right, {ans}."
-    if kind == "question":
-        opener = rng.choice(("Wait, did I answer the right question?", "Hmm, what does it ask?"))
-        return f"{opener} It asks how many {item} {name} has at the end. That is {ans}."
-    # Net change: only additive steps, so the changes can be summed.
+    closer = rng.choice((f"Yes, the answer is {ans}.", f"So it is {ans} again.", f"Yes, {ans}."))
+    return f"{opener} {problem['name']} starts with {problem['start']}. {_chain(problem)}. {closer}"
+
+
+def _recheck_last(problem: dict[str, Any], rng: random.Random) -> str:
+    """Re-check only the last step."""
+    last = problem["steps"][-1]
+    opener = rng.choice(("Hmm, let me double-check the last step.", "Wait, let me double-check the last step."))
+    return f"{opener} {_eq(last, last['before'], last['after'])}. Yes, that is right, {problem['answer']}."
+
+
+def _recheck_other(problem: dict[str, Any], rng: random.Random) -> str:
+    """Re-read the question, or (additive problems) re-derive through the total change."""
+    ans, steps = problem["answer"], problem["steps"]
+    additive = all(s["op"] in ("add", "sub", "groups") for s in steps) and len(steps) >= 2
+    if not additive or rng.random() < 0.4:
+        opener = rng.choice(("Wait, did I answer the right question?", "Hmm, what does the question ask?"))
+        return f"{opener} It asks how many {problem['item']} {problem['name']} has at the end. That is {ans}."
     signed = [(-s["a"] if s["op"] == "sub" else s["a"]) for s in steps]
     shown = ", ".join(f"+{c}" if c >= 0 else f"-{-c}" for c in signed)
     total = 0
@@ -378,9 +376,26 @@ def _recheck(problem: dict[str, Any], rng: random.Random) -> str:
     )
 
 
+def _recheck(problem: dict[str, Any], rng: random.Random, position: int) -> str:
+    """The ``position``-th (0-based) redundant re-check passage; it re-derives the final answer.
+
+    Re-checks come in a fixed order of kinds (whole chain, last step, question or total change,
+    whole chain again), as a real model's successive checks differ: which ones were already done
+    is visible in the text, so a learned model knows how far along it is.
+    """
+    if position == 0:
+        opener = rng.choice(("Wait, let me check.", "Wait, let me check again.", "Wait, is that right?"))
+        return _recheck_full(problem, rng, opener)
+    if position == 1:
+        return _recheck_last(problem, rng)
+    if position == 2:
+        return _recheck_other(problem, rng)
+    return _recheck_full(problem, rng, "Wait, let me go through it all once more.")
+
+
 def _recheck_count(rng: random.Random) -> int:
     """Number of redundant re-checks after the answer: 0-4, most mass on 1-3."""
-    return rng.choices((0, 1, 2, 3, 4), weights=(0.12, 0.30, 0.30, 0.18, 0.10))[0]
+    return rng.choices((0, 1, 2, 3, 4), weights=(0.05, 0.20, 0.35, 0.25, 0.15))[0]
 
 
 def make_trace(
@@ -431,11 +446,11 @@ def make_trace(
             f"{opener} {bad} is wrong. {_eq(step, step['before'], step['after'])}.{redo} "
             f"So the answer is actually {ans}, not {value}."
         )
-        n_more = max(0, _recheck_count(rng) - 1)
+        first = 1  # the fix took the place of the first whole-chain re-check
     else:
-        n_more = _recheck_count(rng)
-    for _ in range(n_more):
-        paras.append(_recheck(problem, rng))
+        first = 0
+    for position in range(first, max(first, _recheck_count(rng))):
+        paras.append(_recheck(problem, rng, position))
 
     thinking = "\n\n".join(paras)
     noun = problem["item_singular"] if ans == 1 else item

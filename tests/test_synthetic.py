@@ -138,6 +138,19 @@ def test_injected_mistakes_are_fixed() -> None:
     assert seen > 10
 
 
+def test_recheck_count_and_order() -> None:
+    counts = []
+    for prob, thinking, _ in _traces(400, seed=6):
+        pos = first_answer_position(thinking, prob["answer"])
+        after = [p for p in thinking[pos:].split("\n\n") if p]
+        counts.append(len(after))
+        assert len(after) <= 4
+        if "answer is actually" not in thinking and len(after) >= 2:
+            assert after[0].startswith("Wait") and "starts with" in after[0]
+            assert "the last step" in after[1]
+    assert 0.7 <= sum(1 <= c <= 3 for c in counts) / len(counts)
+
+
 def test_first_answer_position() -> None:
     text = "A has 3.\n\n3 + 4 = 7.\n\nSo the answer is 7.\n\nWait, let me check. 3 + 4 = 7. Yes, 7."
     pos = first_answer_position(text, 7)
