@@ -46,7 +46,8 @@ class DeerParams:
     - ``require_end_think``: a probe counts only if the model, after its boxed answer, ends thinking
       within ``end_think_tokens`` tokens (a check for over-confident models).
     - ``max_probes``: probes per problem at most.
-    - ``budget_ratio``: exit regardless once thinking reaches this fraction of ``max_tokens``.
+    - ``budget_ratio``: exit regardless once thinking reaches this fraction of ``max_tokens``
+      (1: no budget but the token limit).
     - ``sequential``: pause the trace while a probe runs (the paper's semantics) instead of
       decoding on in parallel.
     """
@@ -260,7 +261,8 @@ class Deer(Method):
             raise UserError("method deer needs a reasoning model: this model has no thinking span")
         matcher = self._matcher(session)
         max_tokens = ctx.decoding.max_tokens
-        budget = max(1, int(p.budget_ratio * max_tokens))
+        # budget_ratio 1 means no thinking budget beyond the token limit itself.
+        budget = max(1, int(p.budget_ratio * max_tokens)) if p.budget_ratio < 1 else None
 
         trace: list[int] = []
         think_from: int | None = 0 if markers.opened_by_template else None
@@ -305,7 +307,7 @@ class Deer(Method):
                             if tuple(trace[-len(markers.end_ids) :]) == markers.end_ids:
                                 think_closed = True
                                 continue
-                            if len(trace) - think_from >= budget:
+                            if budget is not None and len(trace) - think_from >= budget:
                                 paused_at = -1
                                 break
                             cut = matcher.match(trace, think_from) if launched < p.max_probes else None
