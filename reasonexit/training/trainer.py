@@ -151,7 +151,13 @@ def build_trainer(
     from trl import GRPOConfig, GRPOTrainer
 
     from ..thinking import detect_markers
-    from .rollout import LocalVLLMGenerate, make_outcome_reward, make_rollout_func, make_sgrpo_reward
+    from .rollout import (
+        LocalVLLMGenerate,
+        make_outcome_reward,
+        make_parallel_rollout_func,
+        make_rollout_func,
+        make_sgrpo_reward,
+    )
 
     if recipe.threads is not None:
         torch.set_num_threads(recipe.threads)
@@ -181,12 +187,12 @@ def build_trainer(
     dtype = torch.bfloat16 if args.bf16 and _cuda() else (torch.float16 if args.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(recipe.model, dtype=dtype)
     callbacks = _Callbacks.make(out, recipe.time_limit_minutes, quiet)
+    generate = None
+    if recipe.generation.backend == "vllm-cpu":
+        max_len = recipe.generation.vllm_max_model_len or getattr(model.config, "max_position_embeddings", 4096)
+        generate = LocalVLLMGenerate(recipe.model, int(max_len), seed=args.seed)
     if recipe.method == "sgrpo":
         sg = recipe.sgrpo
-        generate = None
-        if recipe.generation.backend == "vllm-cpu":
-            max_len = recipe.generation.vllm_max_model_len or getattr(model.config, "max_position_embeddings", 4096)
-            generate = LocalVLLMGenerate(recipe.model, int(max_len), seed=args.seed)
         rollout = make_rollout_func(
             tokenizer,
             markers,
@@ -209,6 +215,11 @@ def build_trainer(
             rollout_func=rollout,
         )
     else:
+        parallel = None
+        if generate is not None:
+            parallel = make_parallel_rollout_func(
+                tokenizer, max_completion_tokens=recipe.generation.max_completion_tokens, generate=generate
+            )
         trainer = GRPOTrainer(
             model=model,
             reward_funcs=[make_outcome_reward(tokenizer, markers)],
@@ -216,6 +227,7 @@ def build_trainer(
             train_dataset=dataset,
             processing_class=tokenizer,
             callbacks=callbacks,
+            rollout_func=parallel,
         )
     return _finish(trainer)
 
