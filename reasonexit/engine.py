@@ -48,8 +48,10 @@ class EngineConfig:
 
     ``kv_cache_gib`` sets the KV-cache size (``VLLM_CPU_KVCACHE_SPACE`` on CPU, the
     ``kv_cache_memory_bytes`` engine argument on GPU). ``enforce_eager=None`` means eager on CPU
-    (skipping minutes of compilation) and compiled graphs on GPU. ``engine_args`` passes any other
-    ``AsyncEngineArgs`` field through unchanged.
+    (skipping minutes of compilation) and compiled graphs on GPU. ``block_size=None`` keeps vLLM's
+    KV block size on GPU (16) but uses 32 on CPU, whose default of 128 would make every probe or
+    branch re-prefill up to 127 tokens of the trace it shares (prefix caching works in whole
+    blocks). ``engine_args`` passes any other ``AsyncEngineArgs`` field through unchanged.
     """
 
     model: str = DEFAULT_MODEL
@@ -63,6 +65,7 @@ class EngineConfig:
     enforce_eager: bool | None = None
     seed: int = 0
     max_num_seqs: int | None = None
+    block_size: int | None = None
     trust_remote_code: bool = False
     think_start: str | None = None
     think_end: str | None = None
@@ -178,6 +181,9 @@ class EngineSession:
         )
         if cfg.max_num_seqs is not None:
             args["max_num_seqs"] = cfg.max_num_seqs
+        block_size = cfg.block_size if cfg.block_size is not None else (None if on_gpu else 32)
+        if block_size is not None:
+            args["block_size"] = block_size
         if on_gpu:
             args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             if cfg.kv_cache_gib is not None:

@@ -33,7 +33,7 @@ def summarize(rows: Sequence[dict[str, Any]], run: str = "", wall_s: float | Non
     out: dict[str, Any] = {
         "run": run,
         "method": str(df["method"].iloc[0]),
-        "params": _short_params(df["params"].iloc[0]),
+        "params": _short_params(df["params"].iloc[0], str(df["method"].iloc[0])),
         "n": len(df),
         "accuracy": round(100.0 * graded.astype(float).mean(), 2) if len(graded) else float("nan"),
         "output_tokens": round(float(df["output_tokens"].mean()), 1),
@@ -47,12 +47,30 @@ def summarize(rows: Sequence[dict[str, Any]], run: str = "", wall_s: float | Non
     return out
 
 
-def _short_params(params: Any) -> str:
+def _short_params(params: Any, method: str = "") -> str:
+    """The parameters that differ from the method's defaults, as ``k=v`` pairs."""
     if not params:
         return ""
     if isinstance(params, str):
         return params
-    return ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in params.items())
+    defaults = _defaults(method)
+    shown = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
+    if "inner_options" in params:  # a nested method: show it as inner=name(its own non-defaults)
+        inner = str(params.get("inner", ""))
+        shown.pop("inner_options", None)
+        shown["inner"] = f"{inner}({_short_params(params['inner_options'], inner)})"
+    return ", ".join(f"{k}={v!r}" if isinstance(v, str) and k != "inner" else f"{k}={v}" for k, v in shown.items())
+
+
+def _defaults(method: str) -> dict[str, Any]:
+    """A method's default parameters as stored in result rows ({} for an unknown method)."""
+    from .errors import UserError
+    from .methods.base import make_method
+
+    try:
+        return make_method(method).describe()
+    except UserError:
+        return {}
 
 
 def load_rows(path: str | Path) -> list[dict[str, Any]]:
