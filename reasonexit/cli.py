@@ -51,6 +51,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument("--data-parallel-size", type=int, default=1)
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=1024, help="sequences the engine decodes at once")
     p.add_argument("--block-size", type=int, default=None, help="KV block size (default: vLLM's on GPU, 32 on CPU)")
     p.add_argument("--think-start", default=None, help="override the thinking start marker")
     p.add_argument("--think-end", default=None, help="override the thinking end marker")
@@ -145,6 +146,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         data_parallel_size=args.data_parallel_size,
         enforce_eager=args.enforce_eager,
         block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs,
         seed=args.seed,
         think_start=args.think_start,
         think_end=args.think_end,

@@ -51,7 +51,10 @@ class EngineConfig:
     (skipping minutes of compilation) and compiled graphs on GPU. ``block_size=None`` keeps vLLM's
     KV block size on GPU (16) but uses 32 on CPU, whose default of 128 would make every probe or
     branch re-prefill up to 127 tokens of the trace it shares (prefix caching works in whole
-    blocks). ``engine_args`` passes any other ``AsyncEngineArgs`` field through unchanged.
+    blocks). ``max_num_seqs`` (sequences decoded at once) defaults to 1024: early-exit methods
+    run probes and branches beside every problem's main trace, and with vLLM's smaller serving
+    default those side requests would wait in the queue until some main trace ends.
+    ``engine_args`` passes any other ``AsyncEngineArgs`` field through unchanged.
     """
 
     model: str = DEFAULT_MODEL
@@ -64,7 +67,7 @@ class EngineConfig:
     data_parallel_size: int = 1
     enforce_eager: bool | None = None
     seed: int = 0
-    max_num_seqs: int | None = None
+    max_num_seqs: int | None = 1024
     block_size: int | None = None
     trust_remote_code: bool = False
     think_start: str | None = None

@@ -93,3 +93,12 @@ def test_matcher_handles_merged_leads(session):
         cut = m.match(ids, 0)
         assert cut is not None and session.decode(ids[cut:]).strip() in ("Wait", "Hmm")
     assert m.match(session.encode("so we await it"), 0) is None
+
+
+def test_budget_exit_respects_max_tokens(session):
+    res = generate(PROMPTS[:8], "deer", session=session, max_tokens=160, threshold=1.01, budget_ratio=0.5)
+    assert any(r.exit_reason == "budget" for r in res)
+    for r in res:
+        assert r.output_tokens <= 160
+        if r.exit_reason == "budget":
+            assert r.thinking_tokens == 80 and r.closed_thinking

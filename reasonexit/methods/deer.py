@@ -367,7 +367,8 @@ class Deer(Method):
         info["discarded_tokens"] = len(trace) - exit_cut
         answer = await session.complete(
             [*ctx.prompt_ids, *head],
-            ctx.sampling(max_tokens=ctx.room(max_tokens, len(head)), seed=ctx.seed + 1_000_000),
+            # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
+            ctx.sampling(max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000),
             ctx.usage,
             ctx.request_id("answer"),
         )
