@@ -53,7 +53,10 @@ def grpo_config_kwargs(recipe: TrainRecipe, output_dir: str, max_steps: int | No
     use_vllm = gen.backend == "vllm" or (gen.backend == "auto" and on_gpu)
     kwargs: dict[str, Any] = {
         "beta": 0.0,
-        "loss_type": "grpo",
+        # Token-level normalization: with per-sequence normalization ("grpo") a thinking token shared by
+        # short branches and the long full rollout is weighted by 1/length of each, so short wrong
+        # branches outweigh a correct full rollout on the very prefix that solved the problem.
+        "loss_type": "dapo",
         "logging_steps": 1,
         "save_strategy": "steps",
         "save_steps": 50,
