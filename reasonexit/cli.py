@@ -20,6 +20,8 @@ EXIT_USER_ERROR = 2
 def _eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
+        # no abbreviations: method options (--n, --k, ...) must not be read as engine options
+        allow_abbrev=False,
         help="evaluate a method on a dataset",
         description=(
             "Evaluate a method on a dataset. Method options follow as --name value "
@@ -70,7 +72,9 @@ def _report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``reasonexit`` command."""
-    parser = argparse.ArgumentParser(prog="reasonexit", description="Stop reasoning models from overthinking.")
+    parser = argparse.ArgumentParser(
+        prog="reasonexit", description="Stop reasoning models from overthinking.", allow_abbrev=False
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     _eval_parser(sub)
     _report_parser(sub)

@@ -191,9 +191,15 @@ class EngineSession:
             args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             if cfg.kv_cache_gib is not None:
                 args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
-        elif cfg.kv_cache_gib is not None:
-            # The CPU backend reads its KV-cache size (whole GiB) from the environment.
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.kv_cache_gib)))
+        else:
+            if cfg.kv_cache_gib is not None:
+                # The CPU backend reads its KV-cache size (whole GiB) from the environment.
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(cfg.kv_cache_gib)))
+            # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
+            # sampling request's prompt is split across steps by chunked prefill; every sampled
+            # request here carries a seed, so prefill whole prompts on CPU.
+            args["enable_chunked_prefill"] = False
+            args["max_num_batched_tokens"] = max(4096, self.max_model_len if self.max_model_len < 1 << 30 else 4096)
         args.update(cfg.engine_args)
         try:
             engine_args = AsyncEngineArgs(**args)

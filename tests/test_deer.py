@@ -81,8 +81,12 @@ def test_exit_closes_thinking_with_model_markers(session):
     res = generate(PROMPTS[:8], "deer", session=session, max_tokens=MAX, threshold=0.0)
     exited = [r for r in res if r.exit_reason == "confident"]
     assert exited
+    end = list(session.markers.end_ids)
     for r in exited:
-        assert r.closed_thinking and r.text.count(session.markers.end) == 1
+        assert r.closed_thinking
+        close = session.encode("\n" + session.markers.end + "\n\n")
+        cut = r.info["exit_pos"]
+        assert r.token_ids[cut : cut + len(close)] == close and end[0] in close
         assert r.answer is not None  # the model wrote a final answer after the exit
 
 
@@ -101,4 +105,6 @@ def test_budget_exit_respects_max_tokens(session):
     for r in res:
         assert r.output_tokens <= 160
         if r.exit_reason == "budget":
-            assert r.thinking_tokens == 80 and r.closed_thinking
+            # exit after 80 thinking tokens; the closing "\n</think>" adds its newline to the thinking
+            assert r.info["exit_pos"] == 80 and r.closed_thinking
+            assert 80 <= r.thinking_tokens <= 81

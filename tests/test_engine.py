@@ -41,11 +41,13 @@ def test_vanilla_greedy_is_deterministic_and_accounted(session):
 def test_budget_forces_end_of_thinking_at_the_cap(session):
     budget = 12
     res = generate(PROMPTS[:4], "budget", session=session, max_tokens=200, max_thinking_tokens=budget)
+    end = list(session.markers.end_ids)
     for r in res:
         assert r.exit_reason == "budget", r.text
         assert r.thinking_tokens == budget
         assert r.closed_thinking
-        assert r.text.count(session.markers.end) == 1
+        # the forced end-of-thinking marker sits right after the budget
+        assert r.token_ids[budget : budget + len(end)] == end
         assert r.answer_tokens >= 1
 
 
