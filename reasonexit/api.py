@@ -48,6 +48,25 @@ def _jobs(
     return jobs
 
 
+def _prepare(
+    prompts: Prompt | Sequence[Prompt],
+    method: str | Method,
+    model: str | None,
+    engine: EngineConfig | None,
+    session: EngineSession | None,
+    decoding: Decoding,
+    max_in_flight: int,
+    golds: Sequence[str] | None,
+    kind: str,
+    method_options: dict[str, Any],
+) -> tuple[EngineSession, Any]:
+    """The session and the (not yet started) coroutine that solves all prompts on it."""
+    session = session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
+    meth = _method(method, method_options)
+    jobs = _jobs(session, prompts, golds, kind)
+    return session, solve_all(session, meth, jobs, decoding, max_in_flight)
+
+
 async def agenerate(
     prompts: Prompt | Sequence[Prompt],
     method: str | Method = "vanilla",
@@ -65,11 +84,9 @@ async def agenerate(
     **method_options: Any,
 ) -> list[Result]:
     """Async :func:`generate`: awaitable from any event loop (the engine runs on its own loop)."""
-    session = session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
-    meth = _method(method, method_options)
-    jobs = _jobs(session, prompts, golds, kind)
     decoding = Decoding(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    return await session.arun(solve_all(session, meth, jobs, decoding, max_in_flight))
+    sess, coro = _prepare(prompts, method, model, engine, session, decoding, max_in_flight, golds, kind, method_options)
+    return await sess.arun(coro)
 
 
 def generate(
@@ -95,11 +112,9 @@ def generate(
     ``engine`` or ``session``, the bundled tiny reasoning model is used. With ``golds``, results
     are graded.
     """
-    session = session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
-    meth = _method(method, method_options)
-    jobs = _jobs(session, prompts, golds, kind)
     decoding = Decoding(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    return session.run(solve_all(session, meth, jobs, decoding, max_in_flight))
+    sess, coro = _prepare(prompts, method, model, engine, session, decoding, max_in_flight, golds, kind, method_options)
+    return sess.run(coro)
 
 
 def run_signature(model: str, dataset: str, method: Method, decoding: Decoding) -> dict[str, Any]:
