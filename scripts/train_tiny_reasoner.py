@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -79,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in plain float32")
     p.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="bfloat16")
     p.add_argument("--save-every", type=int, default=0, help="also keep trainer checkpoints every N steps")
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="continue training this checkpoint (its tokenizer and weights) instead of starting from scratch; "
+        "use a different --seed so it sees new problems",
+    )
     p.add_argument("--work-dir", type=Path, default=None, help="trainer scratch dir (default: a temp dir)")
     args = p.parse_args(argv)
     if args.steps is None:
@@ -199,27 +207,71 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[data] generating {args.n_train} training problems and traces (seed {args.seed})", flush=True)
     examples = build_examples(args.n_train, args.seed)
 
-    print(f"[tokenizer] training byte-level BPE, vocab {args.vocab_size}", flush=True)
-    from transformers import PreTrainedTokenizerFast  # noqa: F401  (import check before the long part)
+    if args.init_from is None:
+        print(f"[tokenizer] training byte-level BPE, vocab {args.vocab_size}", flush=True)
+        tok_texts = [f"user\n{format_prompt(e['problem'], 'math')}\nassistant\n" for e in examples[:20000]]
+        tok_texts += [e["completion"].replace("<|im_end|>", "") for e in examples[:20000]]
+        tokenizer = build_tokenizer(tok_texts, args.vocab_size)
+    else:
+        from transformers import AutoTokenizer
 
-    tok_texts = [f"user\n{format_prompt(e['problem'], 'math')}\nassistant\n" for e in examples[:20000]]
-    tok_texts += [e["completion"].replace("<|im_end|>", "") for e in examples[:20000]]
-    tokenizer = build_tokenizer(tok_texts, args.vocab_size)
+        print(f"[tokenizer] reusing the tokenizer of {args.init_from}", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(args.init_from))
 
     rows = [{"prompt": render_prompt(tokenizer, e["problem"]), "completion": e["completion"]} for e in examples]
     dataset = Dataset.from_list(rows)
 
-    model = build_model(args, tokenizer)
+    if args.init_from is None:
+        model = build_model(args, tokenizer)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        print(f"[model] continuing training from {args.init_from}", flush=True)
+        model = AutoModelForCausalLM.from_pretrained(str(args.init_from), dtype=torch.float32)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"[model] Qwen3 {args.layers} layers, hidden {args.hidden}, vocab {len(tokenizer)}: "
+    print(f"[model] Qwen3 {model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+          f"vocab {len(tokenizer)}: "
           f"{n_params / 1e6:.2f}M parameters", flush=True)
 
-    class TimeLimit(TrainerCallback):
-        """Stop training once the wall-clock budget is used up."""
+    # Learning-rate schedule: linear warmup, then cosine decay to 5% over the training "progress".
+    # Progress is steps / --steps, or, with --max-minutes, whichever is further along of that and
+    # elapsed / budget: on a slow or busy machine the schedule still anneals fully and training
+    # stops on time (at the cost of bit-for-bit reproducibility, which plain --steps keeps).
+    clock = {"start": None}
+
+    def progress(step: int) -> float:
+        frac = step / args.steps
+        if args.max_minutes is not None and clock["start"] is not None:
+            frac = max(frac, (time.time() - clock["start"]) / (60 * args.max_minutes))
+        return min(1.0, frac)
+
+    warmup = max(1, int(0.04 * args.steps))
+
+    def lr_lambda(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress(step)))
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (decay if param.ndim >= 2 and "norm" not in name else no_decay).append(param)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+        eps=1e-8,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+
+    class Budget(TrainerCallback):
+        """Start the clock with training; stop once the schedule's progress reaches 1."""
+
+        def on_train_begin(self, targs, state, control, **kwargs):  # noqa: D102
+            clock["start"] = time.time()
 
         def on_step_end(self, targs, state, control, **kwargs):  # noqa: D102
-            if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
-                print(f"\n[train] time limit of {args.max_minutes} min reached at step {state.global_step}")
+            if state.global_step < args.steps and progress(state.global_step) >= 1.0:
+                print(f"\n[train] time budget of {args.max_minutes} min used up at step {state.global_step}")
                 control.should_training_stop = True
             return control
 
@@ -230,10 +282,6 @@ def main(argv: list[str] | None = None) -> int:
         per_device_train_batch_size=args.batch_size,
         gradient_accumulation_steps=1,
         learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, int(0.04 * args.steps)),
-        weight_decay=0.01,
-        adam_beta2=0.98,
         max_grad_norm=1.0,
         logging_steps=10 if args.quick else 25,
         save_strategy="steps" if args.save_every else "no",
@@ -254,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         disable_tqdm=False,
     )
     trainer = SFTTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[TimeLimit()]
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        callbacks=[Budget()],
+        optimizers=(optimizer, scheduler),
     )
     n_tok = sum(len(x) for x in trainer.train_dataset["input_ids"])
     print(f"[data] {len(dataset)} examples, {n_tok} tokens ({n_tok / len(dataset):.0f} per example)", flush=True)
@@ -284,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
         "description": "Tiny Qwen3 reasoning testbed model trained from scratch on reasonexit.synthetic traces.",
         "command": "python scripts/train_tiny_reasoner.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
+        "init_from": str(args.init_from) if args.init_from else None,
         "steps_done": trainer.state.global_step,
+        "max_minutes": args.max_minutes,
+        "threads": args.threads,
         "batch_size": args.batch_size,
         "n_train_problems": args.n_train,
         "parameters": n_params,
