@@ -20,9 +20,6 @@ from typing import Any
 from ..errors import UserError
 from .config import TrainRecipe
 
-#: Files copied next to the exported final model when the source model is a local directory.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
 
 def _cuda() -> bool:
     import torch
@@ -245,18 +242,12 @@ def export_final(trainer: Any, recipe: TrainRecipe, dest: Path) -> Path:
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
     model = trainer.accelerator.unwrap_model(trainer.model)
-    dtype = getattr(torch, recipe.final_dtype)
-    state = {k: v.detach().to("cpu", dtype) for k, v in model.state_dict().items()}
-    model.config.dtype = recipe.final_dtype
+    model.to("cpu", getattr(torch, recipe.final_dtype))  # training is over: cast in place (ties kept)
     model.config.use_cache = True
-    model.save_pretrained(dest, state_dict=state, safe_serialization=True)
-    src = Path(recipe.model)
-    if src.is_dir() and all((src / f).exists() for f in _TOKENIZER_FILES[:2]):
-        for name in _TOKENIZER_FILES:
-            if (src / name).exists():
-                shutil.copy2(src / name, dest / name)
-    else:
-        trainer.processing_class.save_pretrained(dest)
+    model.save_pretrained(dest, safe_serialization=True)
+    # The tokenizer loaded when training started, not the source directory's files now: a model
+    # directory can be rewritten while a run is going on.
+    trainer.processing_class.save_pretrained(dest)
     return dest
 
 
