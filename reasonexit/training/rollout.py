@@ -12,7 +12,7 @@ grades the answers and applies the decaying rewards; TRL then subtracts the grou
 Generation backends:
 
 ``transformers``
-    The policy model's own ``generate`` (works on any device; used on CPU).
+    The policy model's own ``generate`` (works on any device).
 ``vllm``
     TRL's vLLM (``use_vllm=True``, colocate or server mode). TRL pushes the current weights to vLLM
     before calling the rollout at every step.

@@ -188,7 +188,10 @@ def build_trainer(
     model = AutoModelForCausalLM.from_pretrained(recipe.model, dtype=dtype)
     callbacks = _Callbacks.make(out, recipe.time_limit_minutes, quiet)
     generate = None
-    if recipe.generation.backend == "vllm-cpu":
+    backend = recipe.generation.backend
+    if backend == "auto":  # TRL's vLLM on GPU; on CPU the rollout's own vLLM (measured 2.5-5x faster than generate)
+        backend = "vllm" if _cuda() else "vllm-cpu"
+    if backend == "vllm-cpu":
         max_len = recipe.generation.vllm_max_model_len or getattr(model.config, "max_position_embeddings", 4096)
         generate = LocalVLLMGenerate(recipe.model, int(max_len), seed=args.seed)
     if recipe.method == "sgrpo":
