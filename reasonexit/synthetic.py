@@ -17,9 +17,9 @@ Splits
 
 Traces
     ``make_trace`` writes a ``<think>``-style derivation: step lines separated by blank lines, then
-    "So the answer is N.", then 0-4 redundant re-check passages opening with "Wait", "Hmm" or
+    "So the answer is N.", then 0-5 redundant re-check passages opening with "Wait", "Hmm" or
     "Alternatively" (each at the start of a paragraph; whole chain, last step, question or total
-    change, whole chain again, in that order). In about 12% of traces an intermediate step
+    change, first step, whole chain again, in that order). In about 12% of traces an intermediate step
     is computed wrongly and the first "Wait" passage finds and fixes it, so stopping at the first
     transition is not always safe. :func:`first_answer_position` locates the point where the final
     answer is first reached, which splits a trace into useful and redundant thinking.
@@ -48,10 +48,10 @@ DIFFICULTY_MIX: dict[int, float] = {1: 0.25, 2: 0.25, 3: 0.25, 4: 0.25}
 
 # difficulty -> (number of operations, max start value, max operand, cap on any value, operations)
 _LEVELS: dict[int, tuple[tuple[int, int], int, int, int, tuple[str, ...]]] = {
-    1: ((1, 2), 20, 9, 40, ("add", "sub")),
-    2: ((2, 3), 30, 15, 80, ("add", "sub", "groups")),
-    3: ((3, 4), 40, 20, 150, ("add", "sub", "groups", "times", "share")),
-    4: ((4, 5), 60, 30, 250, ("add", "sub", "groups", "times", "share")),
+    1: ((1, 2), 20, 9, 30, ("add", "sub")),
+    2: ((2, 3), 25, 12, 50, ("add", "sub", "groups")),
+    3: ((3, 4), 30, 15, 80, ("add", "sub", "groups", "times", "share")),
+    4: ((4, 5), 40, 20, 120, ("add", "sub", "groups", "times", "share")),
 }
 
 _NAMES_SHE = (
@@ -376,12 +376,20 @@ def _recheck_other(problem: dict[str, Any], rng: random.Random) -> str:
     )
 
 
+def _recheck_first(problem: dict[str, Any], rng: random.Random) -> str:
+    """Re-check only the first step, then restate the final answer."""
+    first = problem["steps"][0]
+    opener = rng.choice(("Wait, let me double-check the first step.", "Hmm, let me double-check the first step."))
+    eq = _eq(first, first["before"], first["after"])
+    return f"{opener} {eq}. Yes, that is right, so the answer is still {problem['answer']}."
+
+
 def _recheck(problem: dict[str, Any], rng: random.Random, position: int) -> str:
     """The ``position``-th (0-based) redundant re-check passage; it re-derives the final answer.
 
     Re-checks come in a fixed order of kinds (whole chain, last step, question or total change,
-    whole chain again), as a real model's successive checks differ: which ones were already done
-    is visible in the text, so a learned model knows how far along it is.
+    first step, whole chain once more), as a real model's successive checks differ: which ones
+    were already done is visible in the text, so a learned model knows how far along it is.
     """
     if position == 0:
         opener = rng.choice(("Wait, let me check.", "Wait, let me check again.", "Wait, is that right?"))
@@ -390,12 +398,20 @@ def _recheck(problem: dict[str, Any], rng: random.Random, position: int) -> str:
         return _recheck_last(problem, rng)
     if position == 2:
         return _recheck_other(problem, rng)
+    if position == 3:
+        return _recheck_first(problem, rng)
     return _recheck_full(problem, rng, "Wait, let me go through it all once more.")
 
 
+#: Probability of each number of redundant re-checks after the answer (0-5). The mass is on the
+#: late counts, as real reasoning models keep checking an answer they already have: the chance of
+#: stopping after the k-th check is low for k < 4, so a greedy learner re-checks about 4 times.
+RECHECK_WEIGHTS: tuple[float, ...] = (0.04, 0.08, 0.14, 0.22, 0.28, 0.24)
+
+
 def _recheck_count(rng: random.Random) -> int:
-    """Number of redundant re-checks after the answer: 0-4, most mass on 1-3."""
-    return rng.choices((0, 1, 2, 3, 4), weights=(0.05, 0.20, 0.35, 0.25, 0.15))[0]
+    """Number of redundant re-checks after the answer, drawn from :data:`RECHECK_WEIGHTS`."""
+    return rng.choices(range(len(RECHECK_WEIGHTS)), weights=RECHECK_WEIGHTS)[0]
 
 
 def make_trace(

@@ -144,11 +144,15 @@ def test_recheck_count_and_order() -> None:
         pos = first_answer_position(thinking, prob["answer"])
         after = [p for p in thinking[pos:].split("\n\n") if p]
         counts.append(len(after))
-        assert len(after) <= 4
+        assert len(after) <= 5
         if "answer is actually" not in thinking and len(after) >= 2:
             assert after[0].startswith("Wait") and "starts with" in after[0]
             assert "the last step" in after[1]
-    assert 0.7 <= sum(1 <= c <= 3 for c in counts) / len(counts)
+        if "answer is actually" not in thinking and len(after) >= 4:
+            assert "the first step" in after[3]
+    # most traces re-check several times, as real reasoning models do
+    assert 0.6 <= sum(3 <= c <= 5 for c in counts) / len(counts)
+    assert sum(c == 0 for c in counts) / len(counts) < 0.1
 
 
 def test_first_answer_position() -> None:
