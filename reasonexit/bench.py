@@ -7,6 +7,8 @@ printed by the scripts in ``scripts/`` compare like with like.
 
 from __future__ import annotations
 
+import argparse
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,3 +62,30 @@ def warm_up(session: EngineSession, jobs: Sequence[Job], decoding: Decoding) -> 
     from .methods import make_method
 
     session.run(solve_all(session, make_method("vanilla"), list(jobs[:8]), Decoding(max_tokens=16, seed=decoding.seed)))
+
+
+def add_bench_args(ap: argparse.ArgumentParser, limit: int = 300) -> None:
+    """The options every benchmark script takes: model, dataset, problem count, token limit, dtype."""
+    ap.add_argument("--model", default=None, help="model directory or hub id (default: the bundled testbed)")
+    ap.add_argument("--dataset", default="synthetic")
+    ap.add_argument("--limit", type=int, default=limit, help="problems, all in flight")
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--dtype", default="float32")
+
+
+def open_bench(args: argparse.Namespace, seed: int = 0) -> tuple[EngineSession, list[Job], Decoding]:
+    """Start the shared engine for a benchmark and return it with its jobs and greedy decoding settings.
+
+    Sets a 2 GiB CPU KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` is set, loads ``args.limit``
+    problems of ``args.dataset`` and runs the warm-up pass so the first configuration measured does
+    not pay for start-up effects.
+    """
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from .datasets import load_problems
+    from .engine import DEFAULT_MODEL, EngineConfig, get_session
+
+    session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048))
+    jobs = jobs_for(session, load_problems(args.dataset, limit=args.limit))
+    decoding = Decoding(max_tokens=args.max_tokens, seed=seed)
+    warm_up(session, jobs, decoding)
+    return session, jobs, decoding

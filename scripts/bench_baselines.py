@@ -8,34 +8,22 @@ Prints accuracy, output/compute tokens and wall time side by side, and the ratio
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from reasonexit.bench import add_bench_args, open_bench, run_config
 
 
 def main() -> int:
     """Run the comparison and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--limit", type=int, default=300)
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    add_bench_args(ap)
     ap.add_argument("--budgets", default="64,128,256")
-    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-    from reasonexit.bench import jobs_for, run_config, warm_up
-    from reasonexit.datasets import load_problems
-    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
-    from reasonexit.methods.base import Decoding
     from reasonexit.report import markdown_table
 
-    session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048))
-    problems = load_problems(args.dataset, limit=args.limit)
-    jobs = jobs_for(session, problems)
-    decoding = Decoding(max_tokens=args.max_tokens)
-    warm_up(session, jobs, decoding)
+    session, jobs, decoding = open_bench(args)
     runs = [run_config(session, "vanilla", make_method("vanilla"), jobs, decoding)]
     for b in [int(x) for x in args.budgets.split(",") if x]:
         runs.append(

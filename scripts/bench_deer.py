@@ -10,37 +10,25 @@ branch-parallel vs sequential wall time, and the threshold sweep as a table and 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from reasonexit.bench import add_bench_args, open_bench, run_config
 
 
 def main() -> int:
     """Run the benchmark and print its tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--limit", type=int, default=300)
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    add_bench_args(ap)
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--confidence", default="mean")
     ap.add_argument("--sweep", default="0.8,0.9,0.95,0.99")
     ap.add_argument("--plot", default="deer_sweep.png")
-    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
-    from reasonexit.bench import jobs_for, run_config, warm_up
-    from reasonexit.datasets import load_problems
-    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
-    from reasonexit.methods.base import Decoding
     from reasonexit.report import markdown_table, plot_accuracy_vs_tokens
 
-    session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048))
-    problems = load_problems(args.dataset, limit=args.limit)
-    jobs = jobs_for(session, problems)
-    dec = Decoding(max_tokens=args.max_tokens)
-    warm_up(session, jobs, dec)
+    session, jobs, dec = open_bench(args)
 
     def deer(threshold: float, sequential: bool = False):
         opts = {"threshold": threshold, "confidence": args.confidence, "sequential": sequential}

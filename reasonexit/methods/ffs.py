@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import UserError
 from .base import Context, Method, Outcome, register
-from .parallel import solve_parallel
+from .parallel import solve_parallel, validate_branches
 
 
 @dataclass
@@ -40,14 +40,9 @@ class FfsParams:
 
     def validate(self) -> None:
         """Reject impossible settings."""
-        if self.n < 1:
-            raise UserError("--n must be >= 1")
+        validate_branches(self.n, self.sample_temperature, self.sample_top_p)
         if not 1 <= self.k <= self.n:
             raise UserError(f"--k must be between 1 and --n ({self.n}), got {self.k}")
-        if self.sample_temperature is not None and self.sample_temperature < 0:
-            raise UserError("--sample-temperature must be >= 0")
-        if self.sample_top_p is not None and not 0 < self.sample_top_p <= 1:
-            raise UserError("--sample-top-p must be in (0, 1]")
 
 
 @register

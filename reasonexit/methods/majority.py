@@ -10,9 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UserError
 from .base import Context, Method, Outcome, register
-from .parallel import solve_parallel
+from .parallel import solve_parallel, validate_branches
 
 
 @dataclass
@@ -27,12 +26,7 @@ class MajorityParams:
 
     def validate(self) -> None:
         """Reject impossible settings."""
-        if self.n < 1:
-            raise UserError("--n must be >= 1")
-        if self.sample_temperature is not None and self.sample_temperature < 0:
-            raise UserError("--sample-temperature must be >= 0")
-        if self.sample_top_p is not None and not 0 < self.sample_top_p <= 1:
-            raise UserError("--sample-top-p must be in (0, 1]")
+        validate_branches(self.n, self.sample_temperature, self.sample_top_p)
 
 
 @register

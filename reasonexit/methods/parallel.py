@@ -25,6 +25,7 @@ from typing import Any
 
 from ..answers import extract_answer, grade, normalize_answer
 from ..engine import EngineSession, Usage
+from ..errors import UserError
 from ..thinking import split_completion
 from .base import Context, Method, Outcome
 
@@ -117,6 +118,16 @@ def completion_answer(session: EngineSession, ids: Sequence[int], kind: str) -> 
 
 #: Branch sampling when neither the method nor the run sets it (FFS's settings).
 DEFAULT_TEMPERATURE, DEFAULT_TOP_P = 0.6, 0.95
+
+
+def validate_branches(n: int, temperature: float | None, top_p: float | None) -> None:
+    """Reject an impossible branch count or branch sampling setting (shared by ``ffs`` and ``majority``)."""
+    if n < 1:
+        raise UserError("--n must be >= 1")
+    if temperature is not None and temperature < 0:
+        raise UserError("--sample-temperature must be >= 0")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UserError("--sample-top-p must be in (0, 1]")
 
 
 def branch_sampling(ctx: Context, temperature: float | None, top_p: float | None) -> tuple[float, float]:
