@@ -57,11 +57,20 @@ def run_config(
     return BenchRun(label, rows, wall, summarize(rows, run=label, wall_s=wall))
 
 
-def warm_up(session: EngineSession, jobs: Sequence[Job], decoding: Decoding) -> None:
-    """One short pass so the first measured configuration does not pay for start-up effects."""
+def warm_up(
+    session: EngineSession, jobs: Sequence[Job], decoding: Decoding, methods: Sequence[Method] = (), n: int = 16
+) -> None:
+    """Untimed passes so no measured configuration pays for start-up effects.
+
+    A short vanilla pass, then each of ``methods`` on the first ``n`` jobs with the real decoding
+    settings: the first requests of a kind (probes with logprobs, new batch shapes) are slow on
+    the CPU engine, and whichever configuration met them first would be charged for it.
+    """
     from .methods import make_method
 
     session.run(solve_all(session, make_method("vanilla"), list(jobs[:8]), Decoding(max_tokens=16, seed=decoding.seed)))
+    for method in methods:
+        session.run(solve_all(session, method, list(jobs[:n]), decoding))
 
 
 def add_bench_args(ap: argparse.ArgumentParser, limit: int = 300) -> None:
@@ -73,12 +82,14 @@ def add_bench_args(ap: argparse.ArgumentParser, limit: int = 300) -> None:
     ap.add_argument("--dtype", default="float32")
 
 
-def open_bench(args: argparse.Namespace, seed: int = 0) -> tuple[EngineSession, list[Job], Decoding]:
+def open_bench(
+    args: argparse.Namespace, seed: int = 0, warm_methods: Sequence[Method] = ()
+) -> tuple[EngineSession, list[Job], Decoding]:
     """Start the shared engine for a benchmark and return it with its jobs and greedy decoding settings.
 
     Sets a 2 GiB CPU KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` is set, loads ``args.limit``
-    problems of ``args.dataset`` and runs the warm-up pass so the first configuration measured does
-    not pay for start-up effects.
+    problems of ``args.dataset`` and runs the warm-up passes (:func:`warm_up`, with ``warm_methods``)
+    so the first configuration measured does not pay for start-up effects.
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from .datasets import load_problems
@@ -87,5 +98,5 @@ def open_bench(args: argparse.Namespace, seed: int = 0) -> tuple[EngineSession, 
     session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048))
     jobs = jobs_for(session, load_problems(args.dataset, limit=args.limit))
     decoding = Decoding(max_tokens=args.max_tokens, seed=seed)
-    warm_up(session, jobs, decoding)
+    warm_up(session, jobs, decoding, warm_methods)
     return session, jobs, decoding

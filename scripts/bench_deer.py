@@ -28,11 +28,11 @@ def main() -> int:
     from reasonexit.methods import make_method
     from reasonexit.report import markdown_table, plot_accuracy_vs_tokens
 
-    session, jobs, dec = open_bench(args)
-
     def deer(threshold: float, sequential: bool = False):
         opts = {"threshold": threshold, "confidence": args.confidence, "sequential": sequential}
         return make_method("deer", opts)
+
+    session, jobs, dec = open_bench(args, warm_methods=[deer(args.threshold), deer(args.threshold, True)])
 
     van = run_config(session, "vanilla", make_method("vanilla"), jobs, dec)
     par = run_config(session, f"deer-{args.threshold}", deer(args.threshold), jobs, dec)
