@@ -21,6 +21,8 @@ def main() -> int:
     add_bench_args(ap)
     ap.add_argument("--threshold", type=float, default=0.95)
     ap.add_argument("--confidence", default="mean")
+    ap.add_argument("--transitions", default="Wait", help="comma-separated transition words")
+    ap.add_argument("--paragraph-breaks", action="store_true", help="also probe at every paragraph break")
     ap.add_argument("--sweep", default="0.8,0.9,0.95,0.99")
     ap.add_argument("--plot", default="deer_sweep.png")
     args = ap.parse_args()
@@ -29,7 +31,13 @@ def main() -> int:
     from reasonexit.report import markdown_table, plot_accuracy_vs_tokens
 
     def deer(threshold: float, sequential: bool = False):
-        opts = {"threshold": threshold, "confidence": args.confidence, "sequential": sequential}
+        opts = {
+            "threshold": threshold,
+            "confidence": args.confidence,
+            "sequential": sequential,
+            "transitions": tuple(w for w in args.transitions.split(",") if w),
+            "paragraph_breaks": args.paragraph_breaks,
+        }
         return make_method("deer", opts)
 
     session, jobs, dec = open_bench(args, warm_methods=[deer(args.threshold), deer(args.threshold, True)])
