@@ -205,3 +205,18 @@ def test_bundled_tokenizer_chat_template() -> None:
     assert "Wait" in tok.convert_ids_to_tokens(ids)
     # Digits are split one per token.
     assert [t for t in tok.tokenize(" 1234") if t.strip("Ġ")] == ["1", "2", "3", "4"]
+
+
+SGRPO_DIR = ASSET_DIR.parent / "tiny_reasoner_sgrpo"
+
+
+@pytest.mark.skipif(not (SGRPO_DIR / "config.json").exists(), reason="S-GRPO checkpoint not committed")
+def test_bundled_sgrpo_checkpoint_matches_testbed() -> None:
+    """The committed S-GRPO checkpoint is a complete model of the testbed's shape and tokenizer."""
+    weights = list(SGRPO_DIR.glob("*.safetensors"))
+    assert weights and sum(w.stat().st_size for w in weights) < 30_000_000
+    base, trained = (json.loads((d / "config.json").read_text()) for d in (ASSET_DIR, SGRPO_DIR))
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings"):
+        assert trained[key] == base[key], key
+    assert (SGRPO_DIR / "tokenizer.json").read_bytes() == (ASSET_DIR / "tokenizer.json").read_bytes()
+    assert json.loads((SGRPO_DIR / "training_info.json").read_text())["command"].startswith("reasonexit train sgrpo")
