@@ -87,7 +87,8 @@ def open_bench(
 ) -> tuple[EngineSession, list[Job], Decoding]:
     """Start the shared engine for a benchmark and return it with its jobs and greedy decoding settings.
 
-    Sets a 2 GiB CPU KV cache unless ``VLLM_CPU_KVCACHE_SPACE`` is set, loads ``args.limit``
+    ``seed`` is the engine's and the decoding's seed. Sets a 2 GiB CPU KV cache unless
+    ``VLLM_CPU_KVCACHE_SPACE`` is set, loads ``args.limit``
     problems of ``args.dataset`` and runs the warm-up passes (:func:`warm_up`, with ``warm_methods``)
     so the first configuration measured does not pay for start-up effects.
     """
@@ -95,7 +96,8 @@ def open_bench(
     from .datasets import load_problems
     from .engine import DEFAULT_MODEL, EngineConfig, get_session
 
-    session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048))
+    config = EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048, seed=seed)
+    session = get_session(config)
     jobs = jobs_for(session, load_problems(args.dataset, limit=args.limit))
     decoding = Decoding(max_tokens=args.max_tokens, seed=seed)
     warm_up(session, jobs, decoding, warm_methods)

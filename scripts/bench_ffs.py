@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
@@ -34,21 +33,20 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
+from reasonexit.bench import add_bench_args, open_bench  # noqa: E402
+from reasonexit.engine import DEFAULT_MODEL  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=None, help="model directory (default: the bundled testbed)")
-    ap.add_argument("--dataset", default="synthetic")
-    ap.add_argument("--limit", type=int, default=128, help="problems (batch case)")
+    add_bench_args(ap, limit=128)
     ap.add_argument("--interactive-limit", type=int, default=None, help="problems of the interactive case (all)")
-    ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--temperature", type=float, default=0.6, help="sampling temperature of every sample")
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--deer-n", type=int, default=4, help="branches of ffs --inner deer")
     ap.add_argument("--threshold", type=float, default=None, help="DEER threshold inside ffs (default: deer's)")
-    ap.add_argument("--dtype", default="float32")
     ap.add_argument("--save", default=None, help="directory to write every configuration's rows (jsonl)")
     return ap.parse_args(argv)
 
@@ -99,29 +97,29 @@ def interactive(session: Any, jobs: list, decoding: Any, configs: list[tuple[str
     return out
 
 
+def save_rows(save: Path | None, res: Any, case: str) -> None:
+    """Write one configuration's rows to ``<save>/<label slug>-<case>.jsonl`` (nothing without ``--save``)."""
+    if save is None:
+        return
+    slug = res.label.replace(" ", "_").replace("=", "").replace("--", "")
+    with (save / f"{slug}-{case}.jsonl").open("w") as fh:
+        for row in res.rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables and checks."""
     args = parse_args(argv)
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-
-    from reasonexit.bench import jobs_for, run_config, warm_up
-    from reasonexit.datasets import load_problems
-    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, _cuda_available, get_session
+    from reasonexit.bench import run_config
     from reasonexit.methods import make_method, method_names
     from reasonexit.methods.base import Decoding
     from reasonexit.report import markdown_table
 
+    # The engine prefills whole prompts on CPU (vLLM's CPU worker cannot rewind the generator of a
+    # seeded request whose prompt was split over steps), so seeded samples are safe here.
+    session, jobs, greedy = open_bench(args, seed=args.seed)
     model = args.model or DEFAULT_MODEL
-    # vLLM's CPU worker cannot rewind the generator of a seeded sampling request whose prompt was
-    # split over steps (chunked prefill), so on CPU prompts are prefilled whole.
-    extra = {} if _cuda_available() else {"enable_chunked_prefill": False}
-    config = EngineConfig(model=model, dtype=args.dtype, max_model_len=2048, seed=args.seed, engine_args=extra)
-    session = get_session(config)
-    problems = load_problems(args.dataset, limit=args.limit)
-    jobs = jobs_for(session, problems)
-    greedy = Decoding(max_tokens=args.max_tokens, seed=args.seed)
     sampled = Decoding(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
-    warm_up(session, jobs, greedy)
 
     configs: list[tuple[str, str, dict[str, Any], Decoding]] = [
         ("vanilla greedy", "vanilla", {}, greedy),
@@ -152,11 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-        if save is not None:
-            slug = label.replace(" ", "_").replace("=", "").replace("--", "")
-            with (save / f"{slug}-batch.jsonl").open("w") as fh:
-                for row in res.rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        save_rows(save, res, "batch")
         return res
 
     print(f"batch case: {len(jobs)} problems in flight", file=sys.stderr)
@@ -167,11 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     inter = interactive(session, ijobs, sampled, [("vanilla 1 sample", "vanilla", {}), ("ffs n=8", "ffs", {"n": 8})])
     for res in inter.values():
         print(f"  {res.label:<28} time-to-answer {res.summary['latency_s']:.3f}s", file=sys.stderr)
-        if save is not None:
-            slug = res.label.replace(" ", "_").replace("=", "")
-            with (save / f"{slug}-interactive.jsonl").open("w") as fh:
-                for row in res.rows:
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        save_rows(save, res, "interactive")
 
     print(
         f"\n## FFS on {len(jobs)} problems of {args.dataset} ({Path(model).name}), one engine, one run\n\n"
