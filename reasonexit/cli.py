@@ -58,6 +58,9 @@ def _eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--think-start", default=None, help="override the thinking start marker")
     p.add_argument("--think-end", default=None, help="override the thinking end marker")
     p.add_argument("--no-thinking", action="store_true", help="treat the model as a non-reasoning model")
+    p.add_argument(
+        "--reasoning-parser", default=None, help="thinking markers from this vLLM reasoning parser (e.g. qwen3)"
+    )
     p.add_argument("--plot", default=None, help="also write an accuracy-vs-tokens PNG here")
     p.add_argument("--quiet", action="store_true", help="no progress bar or engine logs")
     return p
@@ -155,6 +158,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         think_start=args.think_start,
         think_end=args.think_end,
         no_thinking=args.no_thinking,
+        reasoning_parser=args.reasoning_parser,
     )
     session = get_session(config)
     print(

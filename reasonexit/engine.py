@@ -22,8 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import step_rules
 from .errors import UserError
-from .logits_processors import ENGINE_LOGITS_PROCESSORS
 from .thinking import ThinkingMarkers, detect_markers, render_chat
 
 T = TypeVar("T")
@@ -54,7 +54,12 @@ class EngineConfig:
     blocks). ``max_num_seqs`` (sequences decoded at once) defaults to 1024: early-exit methods
     run probes and branches beside every problem's main trace, and with vLLM's smaller serving
     default those side requests would wait in the queue until some main trace ends.
-    ``engine_args`` passes any other ``AsyncEngineArgs`` field through unchanged.
+    ``reasoning_parser`` names one of vLLM's reasoning parsers (``deepseek_r1``, ``qwen3``, ...):
+    the thinking markers come from it, and the engine gets it too. Otherwise the markers are found
+    from the tokenizer and chat template, and the engine gets them as its reasoning config (which
+    vLLM's per-request ``thinking_token_budget`` needs). ``step_rules`` names per-step rules
+    (:mod:`reasonexit.step_rules`) to register even if no method built before the engine starts
+    asks for them. ``engine_args`` passes any other ``AsyncEngineArgs`` field through unchanged.
     """
 
     model: str = DEFAULT_MODEL
@@ -73,11 +78,17 @@ class EngineConfig:
     think_start: str | None = None
     think_end: str | None = None
     no_thinking: bool = False
+    reasoning_parser: str | None = None
+    step_rules: tuple[str, ...] = ()
     engine_args: dict[str, Any] = field(default_factory=dict)
 
     def key(self) -> tuple:
-        """A hashable identity, used to share one session per configuration."""
-        return tuple((f.name, repr(getattr(self, f.name))) for f in fields(self))
+        """A hashable identity, used to share one session per configuration.
+
+        ``step_rules`` is left out: it only adds rules at start, and a running engine says which
+        it has (:meth:`EngineSession.require_rule`).
+        """
+        return tuple((f.name, repr(getattr(self, f.name))) for f in fields(self) if f.name != "step_rules")
 
 
 @dataclass
@@ -123,8 +134,16 @@ class EngineSession:
         self.config = config or EngineConfig()
         self.tokenizer = _load_tokenizer(self.config)
         self.markers: ThinkingMarkers = detect_markers(
-            self.tokenizer, self.config.think_start, self.config.think_end, disable=self.config.no_thinking
+            self.tokenizer,
+            self.config.think_start,
+            self.config.think_end,
+            disable=self.config.no_thinking,
+            reasoning_parser=self.config.reasoning_parser,
         )
+        #: The model runner vLLM chose (``"v1"`` or ``"v2"``), known once the engine has started.
+        self.runner: str | None = None
+        #: Per-step rules registered on the running engine.
+        self.step_rules: frozenset[str] = frozenset()
         #: Context length; read from the model config until the engine, which has the last word, starts.
         self.max_model_len: int = self.config.max_model_len or _config_context_length(self.config)
         self._engine: Any = None
@@ -160,8 +179,21 @@ class EngineSession:
             self.max_model_len = int(engine.model_config.max_model_len)
             self._engine = engine
 
+    def has_rule(self, name: str) -> bool:
+        """True when the running engine has per-step rule ``name`` registered."""
+        return name in self.step_rules
+
+    def require_rule(self, name: str, method: str) -> None:
+        """Raise a one-line :class:`UserError` when a method's per-step rule is not on the engine."""
+        if self.started and not self.has_rule(name):
+            raise UserError(
+                f"method {method} needs the per-step rule {name!r}, but this engine started without it: "
+                f"build the method before the engine starts, or start it with EngineConfig(step_rules=({name!r},))"
+            )
+
     # ----------------------------------------------------------------- lifecycle
     async def _start_engine(self):
+        from vllm.config.reasoning import ReasoningConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -178,7 +210,6 @@ class EngineSession:
             seed=cfg.seed,
             enable_prefix_caching=True,
             trust_remote_code=cfg.trust_remote_code,
-            logits_processors=list(ENGINE_LOGITS_PROCESSORS),
             max_logprobs=20,
             disable_log_stats=True,
         )
@@ -200,12 +231,26 @@ class EngineSession:
             # request here carries a seed, so prefill whole prompts on CPU.
             args["enable_chunked_prefill"] = False
             args["max_num_batched_tokens"] = max(4096, self.max_model_len if self.max_model_len < 1 << 30 else 4096)
+        markers = self.markers
+        if cfg.reasoning_parser:
+            args["reasoning_parser"] = cfg.reasoning_parser
+        elif markers.has_thinking and markers.closable:
+            # vLLM's thinking_token_budget needs the markers on the engine.
+            args["reasoning_config"] = ReasoningConfig(reasoning_start_str=markers.start, reasoning_end_str=markers.end)
         args.update(cfg.engine_args)
         try:
             engine_args = AsyncEngineArgs(**args)
         except TypeError as exc:
             raise UserError(f"bad engine argument: {exc}") from None
-        return AsyncLLM.from_engine_args(engine_args)
+        vllm_config = engine_args.create_engine_config()
+        # The runner decides which logits-processor interface the engine loads: register only the
+        # adapters for that runner, and only the rules something in this process needs.
+        v2 = bool(vllm_config.use_v2_model_runner)
+        rules = step_rules.required() | set(cfg.step_rules)
+        vllm_config.model_config.logits_processors = step_rules.processors_for(rules, v2) or None
+        self.runner = "v2" if v2 else "v1"
+        self.step_rules = frozenset(rules)
+        return AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
 
     def _stop_loop(self) -> None:
         if self._loop.is_running():
@@ -299,7 +344,6 @@ class EngineSession:
         Use it as ``async with contextlib.aclosing(session.stream(...)) as s: async for d in s``
         so an early exit (or a cancelled task) aborts the request at once.
         """
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         rid = request_id or self.new_request_id()
@@ -310,7 +354,7 @@ class EngineSession:
         finished = False
         first = True
         try:
-            async for out in self.engine.generate(TokensPrompt(prompt_token_ids=list(prompt_ids)), params, rid):
+            async for out in self.engine.generate(self._engine_input(prompt_ids), params, rid):
                 if first and out.num_cached_tokens:
                     usage.cached_prompt_tokens += int(out.num_cached_tokens)
                     first = False
@@ -327,6 +371,17 @@ class EngineSession:
         finally:
             if not finished:
                 await asyncio.shield(self.abort(rid))
+
+    def _engine_input(self, prompt_ids: Sequence[int]) -> Any:
+        """The token-id prompt in the form vLLM 0.32's engine takes (its renderer's output).
+
+        Raw prompts handed to ``AsyncLLM.generate`` go through a deprecated fallback; the
+        supported path is ``Renderer.render_cmpl``, which for token ids only wraps them.
+        """
+        from vllm.inputs import TokensPrompt
+
+        (engine_input,) = self.engine.renderer.render_cmpl([TokensPrompt(prompt_token_ids=list(prompt_ids))])
+        return engine_input
 
     async def complete(
         self, prompt_ids: Sequence[int], params: Any, usage: Usage, request_id: str | None = None

@@ -1,9 +1,15 @@
-"""Locating the reasoning span of a model from its tokenizer and chat template.
+"""Locating the reasoning span of a model: from vLLM's reasoning parsers, or its tokenizer and chat template.
 
 DeepSeek-R1 distills open ``<think>`` in their chat template (generation starts inside the
 thinking block); Qwen3 and QwQ write ``<think>`` themselves. Both cases, and models with no
 thinking markers at all, are found by the same code path: look the marker strings up in the
 tokenizer and render the chat template once to see whether it already opened the block.
+
+With ``reasoning_parser`` (a name in vLLM's ``ReasoningParserManager``, such as ``deepseek_r1`` or
+``qwen3``), the marker strings come from that parser instead. A parser whose reasoning is not one
+start/end span (no start or end string) gives markers with ``closable=False``: the span can be
+split for reporting where it exists, but early-exit methods refuse to run rather than cut at a
+wrong place.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ class ThinkingMarkers:
     start_ids: tuple[int, ...] = ()
     end_ids: tuple[int, ...] = ()
     opened_by_template: bool = False
+    #: Where the markers came from (shown in the run header).
+    source: str = "tokenizer and chat template"
+    #: False when the model's reasoning is not one start/end span reasonexit can close.
+    closable: bool = True
 
     @property
     def has_thinking(self) -> bool:
@@ -41,11 +51,23 @@ class ThinkingMarkers:
         return bool(self.end_ids)
 
     def describe(self) -> str:
-        """One line for logs: the markers, or ``no thinking span``."""
+        """One line for the run header: the markers, how thinking opens, and where they came from."""
+        if not self.closable:
+            return f"reasoning not one start/end span (from {self.source}): early exit unavailable"
         if not self.has_thinking:
-            return "no thinking span"
+            return f"no thinking span (from {self.source})"
         how = "opened by chat template" if self.opened_by_template else "written by the model"
-        return f"thinking {self.start!r} ... {self.end!r} ({how})"
+        return f"thinking {self.start!r} ... {self.end!r} ({how}; markers from {self.source})"
+
+    def require_span(self, method: str) -> None:
+        """Raise a one-line :class:`UserError` unless a method can close this model's thinking."""
+        if not self.closable:
+            raise UserError(
+                f"early exit is not supported for this model's reasoning format ({self.source}): "
+                f"method {method} needs one start/end thinking span"
+            )
+        if not self.has_thinking:
+            raise UserError(f"method {method} needs a reasoning model: this model has no thinking span")
 
 
 def _encode(tokenizer, text: str) -> tuple[int, ...]:
@@ -64,32 +86,63 @@ def render_chat(tokenizer, messages: Sequence[dict[str, str]]) -> str:
     return "\n".join(m["content"] for m in messages) + "\n"
 
 
+def parser_markers(tokenizer, name: str) -> tuple[str | None, str | None]:
+    """The reasoning start/end strings of vLLM's reasoning parser ``name`` for ``tokenizer``."""
+    from vllm.reasoning import ReasoningParserManager
+
+    try:
+        parser_cls = ReasoningParserManager.get_reasoning_parser(name)
+    except KeyError:
+        known = ", ".join(sorted(ReasoningParserManager.list_registered()))
+        raise UserError(f"unknown --reasoning-parser {name!r}; vLLM's parsers: {known}") from None
+    try:
+        parser = parser_cls(tokenizer)
+    except Exception as exc:  # noqa: BLE001 - a parser that cannot read this tokenizer is a user error
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"reasoning parser {name!r} does not fit this model's tokenizer: {first}") from None
+    return parser.reasoning_start_str or None, parser.reasoning_end_str or None
+
+
 def detect_markers(
-    tokenizer, start: str | None = None, end: str | None = None, *, disable: bool = False
+    tokenizer,
+    start: str | None = None,
+    end: str | None = None,
+    *,
+    disable: bool = False,
+    reasoning_parser: str | None = None,
 ) -> ThinkingMarkers:
     """Find the thinking markers of ``tokenizer``.
 
-    ``start``/``end`` override the detection (for models with unusual markers); ``disable``
-    treats the model as a non-reasoning model.
+    ``start``/``end`` override the detection (for models with unusual markers);
+    ``reasoning_parser`` takes them from vLLM's parser of that name; ``disable`` treats the model
+    as a non-reasoning model.
     """
     if disable:
-        return ThinkingMarkers(None, None)
+        return ThinkingMarkers(None, None, source="--no-thinking")
     if (start is None) != (end is None):
         raise UserError("give both --think-start and --think-end, or neither")
-    if start is None:
+    source = "tokenizer and chat template"
+    if start is not None:
+        source = "--think-start/--think-end"
+    elif reasoning_parser:
+        source = f"vLLM reasoning parser {reasoning_parser!r}"
+        start, end = parser_markers(tokenizer, reasoning_parser)
+        if not start or not end:
+            return ThinkingMarkers(start, end, source=source, closable=False)
+    else:
         for cand_start, cand_end in KNOWN_MARKERS:
             if _in_vocab(tokenizer, cand_start) and _in_vocab(tokenizer, cand_end):
                 start, end = cand_start, cand_end
                 break
         else:
-            return ThinkingMarkers(None, None)
+            return ThinkingMarkers(None, None, source=source)
     assert start is not None and end is not None
     start_ids, end_ids = _encode(tokenizer, start), _encode(tokenizer, end)
     if not start_ids or not end_ids:
         raise UserError(f"thinking markers {start!r}/{end!r} encode to no tokens")
     rendered = render_chat(tokenizer, [{"role": "user", "content": "1+1?"}])
     opened = rendered.rstrip().endswith(start)
-    return ThinkingMarkers(start, end, start_ids, end_ids, opened)
+    return ThinkingMarkers(start, end, start_ids, end_ids, opened, source=source)
 
 
 def find_subsequence(seq: Sequence[int], sub: Sequence[int], start: int = 0) -> int:
@@ -102,6 +155,19 @@ def find_subsequence(seq: Sequence[int], sub: Sequence[int], start: int = 0) -> 
         if seq[i] == first and tuple(seq[i : i + m]) == tuple(sub):
             return i
     return -1
+
+
+def thinking_in_prompt(prompt_ids: Sequence[int], markers: ThinkingMarkers) -> int:
+    """Thinking tokens a prompt already holds: those after its last start marker, if no end marker follows."""
+    if not markers.has_thinking or not markers.start_ids:
+        return 0
+    start, end = tuple(markers.start_ids), tuple(markers.end_ids)
+    ids = list(prompt_ids)
+    for i in range(len(ids) - len(start), -1, -1):
+        if tuple(ids[i : i + len(start)]) == start:
+            rest = ids[i + len(start) :]
+            return 0 if find_subsequence(rest, end) >= 0 else len(rest)
+    return 0
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
     python scripts/bench_baselines.py --limit 300 --budgets 64,128,256
 
-Prints accuracy, output/compute tokens and wall time side by side, and the ratios to vanilla.
+Each budget runs twice: with vLLM's own per-request ``thinking_token_budget`` (``budget-N``, the
+method's default) and with reasonexit's per-step rule (``budget-N-reasonexit``: the end marker plus
+a forced lead-in). Prints accuracy, output/compute tokens and wall time side by side, and the
+ratios to vanilla.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ def main() -> int:
     from reasonexit.methods import make_method
     from reasonexit.report import markdown_table
 
-    session, jobs, decoding = open_bench(args)
-    runs = [run_config(session, "vanilla", make_method("vanilla"), jobs, decoding)]
+    # Build every method before the engine starts, so it registers the per-step rules they need.
+    configs = [("vanilla", make_method("vanilla"))]
     for b in [int(x) for x in args.budgets.split(",") if x]:
-        runs.append(
-            run_config(session, f"budget-{b}", make_method("budget", {"max_thinking_tokens": b}), jobs, decoding)
-        )
+        configs.append((f"budget-{b}", make_method("budget", {"max_thinking_tokens": b})))
+        own = make_method("budget", {"max_thinking_tokens": b, "impl": "reasonexit"})
+        configs.append((f"budget-{b}-reasonexit", own))
+    session, jobs, decoding = open_bench(args, warm_methods=[m for _, m in configs[1:3]])
+    runs = [run_config(session, label, method, jobs, decoding) for label, method in configs]
     print(f"\n{len(jobs)} problems of {args.dataset}, greedy, all in flight, max_tokens={args.max_tokens}\n")
     print(markdown_table([r.summary for r in runs]))
     base = runs[0].summary

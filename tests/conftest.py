@@ -16,7 +16,7 @@ from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session  # noqa: 
 TEST_MODEL = os.environ.get("REASONEXIT_TEST_MODEL", DEFAULT_MODEL)
 
 #: Engine settings shared by the fixture and by CLI calls made in-process (same key, same engine).
-TEST_ENGINE = EngineConfig(model=TEST_MODEL, dtype="float32", max_model_len=2048, seed=0)
+TEST_ENGINE = EngineConfig(model=TEST_MODEL, dtype="float32", max_model_len=2048, seed=0, step_rules=("budget",))
 CLI_ENGINE_ARGS = ["--model", TEST_MODEL, "--dtype", "float32", "--max-model-len", "2048", "--seed", "0"]
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"

@@ -38,22 +38,38 @@ def test_vanilla_greedy_is_deterministic_and_accounted(session):
         assert x.thinking_tokens + x.answer_tokens <= x.output_tokens
 
 
-def test_budget_forces_end_of_thinking_at_the_cap(session):
+def _thinking_in_prompt(session, prompt: str) -> int:
+    """Thinking tokens the prompt already holds (after a template-opened start marker)."""
+    ids = session.chat_prompt_ids(prompt)
+    start = list(session.markers.start_ids)
+    last = max(i for i in range(len(ids) - len(start) + 1) if ids[i : i + len(start)] == start)
+    return len(ids) - last - len(start)
+
+
+@pytest.mark.parametrize("impl", ["vllm", "reasonexit"])
+def test_budget_forces_end_of_thinking_at_the_cap(session, impl):
     budget = 12
-    res = generate(PROMPTS[:4], "budget", session=session, max_tokens=200, max_thinking_tokens=budget)
+    res = generate(PROMPTS[:4], "budget", session=session, max_tokens=200, max_thinking_tokens=budget, impl=impl)
     end = list(session.markers.end_ids)
     for r in res:
+        # vLLM's budget also counts thinking tokens the prompt already holds (the newline after the
+        # template's <think>); reasonexit's counts the completion's thinking only.
+        cap = budget - _thinking_in_prompt(session, PROMPTS[int(r.id)]) if impl == "vllm" else budget
         assert r.exit_reason == "budget", r.text
-        assert r.thinking_tokens == budget
+        assert r.thinking_tokens == cap
         assert r.closed_thinking
         # the forced end-of-thinking marker sits right after the budget
-        assert r.token_ids[budget : budget + len(end)] == end
+        assert r.token_ids[cap : cap + len(end)] == end
+        if impl == "reasonexit":  # reasonexit's rule also forces the lead-in
+            lead = session.encode("\n\n")
+            assert r.token_ids[cap + len(end) : cap + len(end) + len(lead)] == lead
         assert r.answer_tokens >= 1
 
 
-def test_budget_above_trace_length_equals_vanilla(session):
+@pytest.mark.parametrize("impl", ["vllm", "reasonexit"])
+def test_budget_above_trace_length_equals_vanilla(session, impl):
     van = generate(PROMPTS[:3], "vanilla", session=session, max_tokens=128)
-    big = generate(PROMPTS[:3], "budget", session=session, max_tokens=128, max_thinking_tokens=100000)
+    big = generate(PROMPTS[:3], "budget", session=session, max_tokens=128, max_thinking_tokens=100000, impl=impl)
     assert [r.text for r in van] == [r.text for r in big]
     assert all(r.exit_reason != "budget" for r in big)
 

@@ -96,7 +96,7 @@ def test_options_reach_the_inner_method_generically():
     m = make_method("ffs", {"n": "3", "inner": "budget", "max-thinking-tokens": "32"})
     assert m.params.n == 3 and m.inner is not None and m.inner.name == "budget"
     assert m.inner.params.max_thinking_tokens == 32
-    assert m.describe()["inner_options"] == {"max_thinking_tokens": 32, "lead_in": "\n\n"}
+    assert m.describe()["inner_options"] == {"max_thinking_tokens": 32, "impl": "vllm", "lead_in": "\n\n"}
     # nesting nests: ffs of (majority of budget); names both levels take go in --inner-options
     m2 = make_method(
         "ffs", {"inner": "majority", "n": 2, "inner-options": '{"inner": "budget"}', "max_thinking_tokens": 16}

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from .. import step_rules
 from ..engine import EngineSession, Usage
 from ..errors import UserError
 
@@ -104,6 +105,12 @@ class Method(ABC):
         self.inner: Method | None = None
         if _nests(type(self.params)):
             self.inner = make_method(self.params.inner, dict(self.params.inner_options or {}))
+        # Engines started from now on register the per-step rules this method needs.
+        step_rules.require(self.step_rules())
+
+    def step_rules(self) -> tuple[str, ...]:
+        """Names of the per-step rules (:mod:`reasonexit.step_rules`) this method, and any inner one, uses."""
+        return self.inner.step_rules() if self.inner is not None else ()
 
     def describe(self) -> dict[str, Any]:
         """Parameters as a JSON-ready dict (stored in every result row)."""

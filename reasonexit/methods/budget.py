@@ -1,32 +1,47 @@
 """``budget``: a hard cap on thinking tokens (budget forcing).
 
 When a trace has written ``max_thinking_tokens`` thinking tokens without closing its thinking
-block, the engine-side :class:`~reasonexit.logits_processors.ThinkingBudgetProcessor` forces the
-end-of-thinking marker and an answer lead-in, one token per step, and the model then writes its
-answer in the same request. This is the baseline every early-exit method is compared with.
+block, the end-of-thinking marker is forced and the model writes its answer in the same request.
+This is the baseline every early-exit method is compared with. Two implementations:
+
+- ``impl="vllm"`` (default): vLLM's per-request ``thinking_token_budget``, which runs on both of
+  vLLM's model runners with no custom logits processor. It forces the engine's configured
+  end-of-reasoning string (the model's end marker), and the model continues from there.
+- ``impl="reasonexit"``: reasonexit's own rule (:mod:`reasonexit.step_rules.budget`, with a V1
+  and a V2 adapter), which forces the end marker *and* ``lead_in``, one token per step.
+
+They differ in two ways (``scripts/bench_baselines.py`` reports both side by side): vLLM's also
+counts thinking tokens the prompt already holds (a newline after a template-opened ``<think>``
+is one), so it forces the marker that many tokens sooner; and only reasonexit's forces a lead-in
+after the marker, where vLLM's lets the model write what follows.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..errors import UserError
-from ..logits_processors import budget_args
-from ..thinking import split_completion
+from ..step_rules.budget import budget_args
+from ..thinking import split_completion, thinking_in_prompt
 from .base import Context, Method, Outcome, register
 
 
 @dataclass
 class BudgetParams:
-    """``max_thinking_tokens``: the cap; ``lead_in``: text forced after the end-of-thinking marker."""
+    """``max_thinking_tokens``: the cap; ``impl``: whose budget forcing; ``lead_in``: text forced after
+    the end-of-thinking marker (``impl="reasonexit"`` only)."""
 
     max_thinking_tokens: int = 256
+    impl: Literal["vllm", "reasonexit"] = "vllm"
     lead_in: str = "\n\n"
 
     def validate(self) -> None:
         """Reject a negative budget."""
         if self.max_thinking_tokens < 0:
             raise UserError("--max-thinking-tokens must be >= 0")
+        if self.impl == "vllm" and self.lead_in != "\n\n":
+            raise UserError("--lead-in is forced by reasonexit's rule only: add --impl reasonexit")
 
 
 @register
@@ -36,22 +51,30 @@ class Budget(Method):
     name = "budget"
     Params = BudgetParams
 
+    def step_rules(self) -> tuple[str, ...]:
+        """reasonexit's own budget rule, when asked for."""
+        return ("budget",) if self.params.impl == "reasonexit" else ()
+
     async def solve(self, ctx: Context) -> Outcome:
-        """Generate with the budget processor switched on for this request."""
+        """Generate with the thinking budget switched on for this request."""
         session, markers = ctx.session, ctx.session.markers
-        if not markers.has_thinking:
-            raise UserError("method budget needs a reasoning model: this model has no thinking span")
-        forced = [*markers.end_ids, *session.encode(self.params.lead_in)]
-        extra = budget_args(
-            self.params.max_thinking_tokens,
-            list(markers.start_ids),
-            list(markers.end_ids),
-            forced,
-            in_thinking=markers.opened_by_template,
-        )
-        comp = await session.complete(ctx.prompt_ids, ctx.sampling(extra_args=extra), ctx.usage, ctx.request_id("main"))
+        markers.require_span(self.name)
+        budget = self.params.max_thinking_tokens
+        cap = budget  # thinking tokens of the completion at which the marker is forced
+        if self.params.impl == "vllm":
+            params = ctx.sampling(thinking_token_budget=budget)
+            # vLLM counts the thinking the prompt already holds against the budget too
+            cap = max(0, budget - thinking_in_prompt(ctx.prompt_ids, markers))
+        else:
+            session.require_rule("budget", self.name)
+            forced = [*markers.end_ids, *session.encode(self.params.lead_in)]
+            extra = budget_args(
+                budget, list(markers.start_ids), list(markers.end_ids), forced, in_thinking=markers.opened_by_template
+            )
+            params = ctx.sampling(extra_args=extra)
+        comp = await session.complete(ctx.prompt_ids, params, ctx.usage, ctx.request_id("main"))
         split = split_completion(comp.token_ids, markers)
-        hit = split.closed and split.thinking_tokens >= self.params.max_thinking_tokens
+        hit = split.closed and split.thinking_tokens >= cap
         # The exit reason tells why thinking ended; ``finished`` tells whether the answer was completed.
         if hit:
             reason = "budget"

@@ -257,8 +257,7 @@ class Deer(Method):
         """Decode the trace, probe at transitions, and exit at the first confident one."""
         p, session = self.params, ctx.session
         markers = session.markers
-        if not markers.has_thinking:
-            raise UserError("method deer needs a reasoning model: this model has no thinking span")
+        markers.require_span(self.name)
         matcher = self._matcher(session)
         max_tokens = ctx.decoding.max_tokens
         # budget_ratio 1 means no thinking budget beyond the token limit itself.

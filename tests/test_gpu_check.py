@@ -1,0 +1,56 @@
+"""``scripts/gpu_check.py`` run as a user runs it, and thinking markers taken from vLLM's reasoning parsers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reasonexit.errors import UserError
+from reasonexit.thinking import detect_markers
+
+ROOT = Path(__file__).resolve().parents[1]
+# vLLM's own import-time FutureWarnings (torch.distributed.reduce_op in its triton dispatcher): not
+# caused by anything reasonexit does, and printed by any program that imports vLLM here.
+VLLM_IMPORT_WARNING = re.compile(r"site-packages/(vllm|torch)/.*torch\.distributed\.reduce_op")
+
+
+def test_gpu_check_runs_every_method_with_parser_markers_and_no_deprecation():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    proc = subprocess.run(
+        [sys.executable, "scripts/gpu_check.py", "--dtype", "float32", "--limit", "2", "--max-tokens", "96",
+         "--reasoning-parser", "deepseek_r1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "model runner: v1" in out
+    assert "markers from vLLM reasoning parser 'deepseek_r1'" in out
+    from reasonexit.methods import method_names
+
+    for name in method_names():
+        assert re.search(rf"^\| {re.escape(name)} \|", out, re.M), f"no row for {name}"
+    assert "| budget (impl=reasonexit) |" in out
+    deprecations = [
+        line for line in out.splitlines() if "deprecat" in line.lower() and not VLLM_IMPORT_WARNING.search(line)
+    ]
+    assert not deprecations, deprecations
+
+
+def test_parser_markers_and_formats_early_exit_cannot_close(session):
+    tok = session.tokenizer
+    m = detect_markers(tok, reasoning_parser="qwen3")
+    assert (m.start, m.end) == ("<think>", "</think>") and m.closable and "qwen3" in m.source
+    assert m.end_ids == session.markers.end_ids
+    # granite's parser has no start/end span: early exit must refuse, in one line
+    g = detect_markers(tok, reasoning_parser="granite")
+    assert not g.closable
+    for method in ("deer", "budget"):
+        with pytest.raises(UserError, match="early exit is not supported for this model's reasoning format"):
+            g.require_span(method)
+    with pytest.raises(UserError, match=r"unknown --reasoning-parser 'nope'; vLLM's parsers: .*deepseek_r1"):
+        detect_markers(tok, reasoning_parser="nope")
