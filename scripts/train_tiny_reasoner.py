@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in plain float32")
-    p.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    # float32: the bundled testbed runs on CPUs, many without native bfloat16
+    p.add_argument("--save-dtype", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--save-every", type=int, default=0, help="also keep trainer checkpoints every N steps")
     p.add_argument(
         "--init-from",

@@ -11,8 +11,6 @@ Finish Search over DEER branches) call the inner method's :meth:`Method.solve` w
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
 import typing
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any, ClassVar
 from .. import step_rules
 from ..engine import EngineSession, Usage
 from ..errors import UserError
+from ..options import convert
 
 
 @dataclass
@@ -197,7 +196,7 @@ def parse_params(cls: type[Method], options: dict[str, Any]):
                 continue
             opts = ", ".join(option_names(cls)) or "none"
             raise UserError(f"unknown option --{key.replace('_', '-')} for method {cls.name} (options: {opts})")
-        kwargs[key] = _convert(value, hints[key], key)
+        kwargs[key] = convert(value, hints[key], "--" + key.replace("_", "-"))
     if nests:
         inner_name = kwargs.get("inner", _field_default(cls.Params, "inner"))
         inner_cls = method_class(inner_name)
@@ -220,49 +219,3 @@ def _field_default(params_cls: type, name: str) -> Any:
     """The default value of one field of a ``Params`` dataclass."""
     f = next(f for f in dataclasses.fields(params_cls) if f.name == name)
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    """Convert a command-line string (or a Python value) to the annotated type."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if (origin is dict or tp is dict) and isinstance(value, str):
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise UserError(f"--{key.replace('_', '-')} expects a JSON object, got {value!r}")
-        return parsed
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if type(None) in args:
-                return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
-    if origin is typing.Literal:
-        if value not in args:
-            raise UserError(f"--{key.replace('_', '-')} must be one of {', '.join(map(str, args))}, not {value!r}")
-        return value
-    if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        elem = args[0] if args else str
-        items = [_convert(v.strip() if isinstance(v, str) else v, elem, key) for v in items]
-        return tuple(items) if origin is tuple else items
-    if not isinstance(value, str):
-        return value
-    try:
-        if tp is bool:
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if tp in (int, float):
-            return tp(value)
-        if tp is str:
-            return value.encode().decode("unicode_escape") if "\\n" in value else value
-    except ValueError:
-        raise UserError(f"--{key.replace('_', '-')} expects {tp.__name__}, got {value!r}") from None
-    return value

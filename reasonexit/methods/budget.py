@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import UserError
+from ..options import opt
 from ..step_rules.budget import budget_args
 from ..thinking import split_completion, thinking_in_prompt
 from .base import Context, Method, Outcome, register
@@ -29,12 +30,15 @@ from .base import Context, Method, Outcome, register
 
 @dataclass
 class BudgetParams:
-    """``max_thinking_tokens``: the cap; ``impl``: whose budget forcing; ``lead_in``: text forced after
-    the end-of-thinking marker (``impl="reasonexit"`` only)."""
+    """Parameters of the hard thinking budget."""
 
-    max_thinking_tokens: int = 256
-    impl: Literal["vllm", "reasonexit"] = "vllm"
-    lead_in: str = "\n\n"
+    max_thinking_tokens: int = opt(256, help="thinking tokens allowed before the end of thinking is forced")
+    impl: Literal["vllm", "reasonexit"] = opt(
+        "vllm",
+        help="vllm: vLLM's thinking_token_budget (both model runners, no custom processor); "
+        "reasonexit: reasonexit's per-step rule, which also forces --lead-in",
+    )
+    lead_in: str = opt("\n\n", help="text forced right after the end-of-thinking marker (--impl reasonexit)")
 
     def validate(self) -> None:
         """Reject a negative budget."""

@@ -13,10 +13,11 @@ does not take itself go to the inner method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
+from ..options import opt
 from .base import Context, Method, Outcome, register
 from .parallel import solve_parallel, validate_branches
 
@@ -31,12 +32,14 @@ class FfsParams:
     ``inner_options`` are its settings (filled from the options ``ffs`` does not take).
     """
 
-    n: int = 4
-    k: int = 1
-    sample_temperature: float | None = None
-    sample_top_p: float | None = None
-    inner: str = "vanilla"
-    inner_options: dict[str, Any] = field(default_factory=dict)
+    n: int = opt(4, help="branches sampled in parallel")
+    k: int = opt(1, help="vote among the first k branches to finish (1: the first finisher wins)")
+    sample_temperature: float | None = opt(
+        None, help="branch sampling temperature (default: the run's --temperature if it samples, else 0.6)"
+    )
+    sample_top_p: float | None = opt(None, help="branch top-p (default: the run's --top-p if it samples, else 0.95)")
+    inner: str = opt("vanilla", help="the method each branch runs (options ffs does not take go to it)")
+    inner_options: dict[str, Any] = opt(default_factory=dict, help="settings of the inner method, as a JSON object")
 
     def validate(self) -> None:
         """Reject impossible settings."""

@@ -7,9 +7,10 @@ method) as ``ffs``, but none is aborted. The result also reports pass@n from the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from ..options import opt
 from .base import Context, Method, Outcome, register
 from .parallel import solve_parallel, validate_branches
 
@@ -18,11 +19,13 @@ from .parallel import solve_parallel, validate_branches
 class MajorityParams:
     """``n`` samples, each running the ``inner`` method; sampling settings as for ``ffs``."""
 
-    n: int = 8
-    sample_temperature: float | None = None
-    sample_top_p: float | None = None
-    inner: str = "vanilla"
-    inner_options: dict[str, Any] = field(default_factory=dict)
+    n: int = opt(8, help="samples run to the end and voted over")
+    sample_temperature: float | None = opt(
+        None, help="sampling temperature (default: the run's --temperature if it samples, else 0.6)"
+    )
+    sample_top_p: float | None = opt(None, help="top-p (default: the run's --top-p if it samples, else 0.95)")
+    inner: str = opt("vanilla", help="the method each sample runs (options majority does not take go to it)")
+    inner_options: dict[str, Any] = opt(default_factory=dict, help="settings of the inner method, as a JSON object")
 
     def validate(self) -> None:
         """Reject impossible settings."""
