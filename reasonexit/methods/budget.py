@@ -35,6 +35,7 @@ class Budget(Method):
 
     name = "budget"
     Params = BudgetParams
+    needs_thinking = True
 
     async def solve(self, ctx: Context) -> Outcome:
         """Generate with the budget processor switched on for this request."""
