@@ -69,7 +69,7 @@ def check_decoding(decoding: Decoding) -> None:
         SamplingParams(
             temperature=decoding.temperature, top_p=decoding.top_p, max_tokens=decoding.max_tokens, seed=decoding.seed
         )
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - vLLM's VLLMValidationError is not a ValueError
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"bad sampling settings: {first}") from None
 

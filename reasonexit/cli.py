@@ -216,8 +216,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         synthetic_seed=args.data_seed,
         synthetic_difficulty=args.difficulty,
     )
-    session = get_session(config)  # the tokenizer; the engine starts with the first request
     _check_engine_options(args, model)
+    if args.no_thinking:
+        method.check_model(has_thinking=False)
+    session = get_session(config)  # the tokenizer; the engine starts with the first request
     method.check_model(session.markers.has_thinking)
     print(
         f"model: {model} ({session.markers.describe()}); {len(problems)} problems; method {method.name}",
