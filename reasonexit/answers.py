@@ -24,7 +24,14 @@ import re
 import threading
 from typing import Any
 
-__all__ = ["ANSWER_KINDS", "extract_answer", "extract_gold", "grade", "normalize_answer"]
+__all__ = [
+    "ANSWER_KINDS",
+    "extract_answer",
+    "extract_gold",
+    "grade",
+    "grade_without_math_verify",
+    "normalize_answer",
+]
 
 ANSWER_KINDS: tuple[str, ...] = ("math", "gsm8k", "choice")
 
@@ -384,6 +391,34 @@ def _math_verify_equal(pred: str, gold: str) -> bool:
         return False
 
 
+def grade_without_math_verify(pred: str | None, gold: str | None, kind: str = "math") -> bool | None:
+    """The cheap part of :func:`grade`: True/False when strings or numbers decide, None when only
+    :mod:`math_verify` can (the caller then runs it, e.g. in a grading worker process)."""
+    if pred is None or gold is None:
+        return False
+    pred = str(pred).strip()
+    gold = str(gold).strip()
+    if not pred or not gold:
+        return False
+    try:
+        if kind == "choice":
+            p, g = _choice_letter(pred), _choice_letter(gold)
+            if p is None or g is None:
+                return normalize_answer(pred) == normalize_answer(gold)
+            return p == g
+        np_, ng = normalize_answer(pred), normalize_answer(gold)
+        if np_ and np_ == ng:
+            return True
+        fp, fg = _as_float(np_), _as_float(ng)
+        if fp is not None and fg is not None:
+            return math.isclose(fp, fg, rel_tol=1e-6, abs_tol=1e-9)
+    except Exception:
+        return False
+    if len(pred) > _MAX_VERIFY_CHARS or len(gold) > _MAX_VERIFY_CHARS:
+        return False
+    return None
+
+
 def grade(pred: str | None, gold: str, kind: str = "math") -> bool:
     """Return True if the extracted answer ``pred`` is equivalent to ``gold``.
 
@@ -397,32 +432,16 @@ def grade(pred: str | None, gold: str, kind: str = "math") -> bool:
       (``\\frac{1}{2}`` == ``0.5``, ``\\left( 3, \\frac{\\pi}{2} \\right)`` == ``(3,\\frac{\\pi}{2})``).
 
     Never raises on strange input: a math_verify failure or timeout counts as "not equivalent by
-    math_verify" and the string comparison decides. Safe to call from any thread.
+    math_verify". Safe to call from any thread, but math_verify's timeout only works on the main
+    thread: code running beside the engine grades with :func:`reasonexit.grading.agrade`, which
+    runs this function in a worker process with a real per-call timeout.
     """
-    if pred is None or gold is None:
-        return False
-    pred = str(pred).strip()
-    gold = str(gold).strip()
-    if not pred or not gold:
-        return False
+    fast = grade_without_math_verify(pred, gold, kind)
+    if fast is not None:
+        return fast
     try:
-        if kind == "choice":
-            p, g = _choice_letter(pred), _choice_letter(gold)
-            if p is None or g is None:
-                return normalize_answer(pred) == normalize_answer(gold)
-            return p == g
-
-        np_, ng = normalize_answer(pred), normalize_answer(gold)
-        if np_ and np_ == ng:
-            return True
-        fp, fg = _as_float(np_), _as_float(ng)
-        if fp is not None and fg is not None:
-            return math.isclose(fp, fg, rel_tol=1e-6, abs_tol=1e-9)
-        return _math_verify_equal(pred, gold)
+        return _math_verify_equal(str(pred).strip(), str(gold).strip())
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException:
-        try:
-            return normalize_answer(pred) == normalize_answer(gold)
-        except Exception:
-            return False
+        return False

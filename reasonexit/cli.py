@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from .errors import UserError
+from .errors import Interrupted, RunStopped, UserError
 
 EXIT_USER_ERROR = 2
 
@@ -64,6 +66,11 @@ def _eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, help="also write an accuracy-vs-tokens PNG here")
     p.add_argument("--quiet", action="store_true", help="no progress bar or engine logs")
     p.add_argument("--verbose", action="store_true", help="show vLLM's own logs (quiet by default)")
+    p.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop the run at the first problem that fails (default: record an error row and go on)",
+    )
     return p
 
 
@@ -108,42 +115,84 @@ def _method_options(extra: list[str]) -> dict[str, str]:
     return opts
 
 
-def _quiet_logs() -> None:
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    logging.getLogger("vllm").setLevel(logging.ERROR)
+def _route_logs(quiet: bool) -> None:
+    """Engine logs go to stderr (stdout carries the result table); ``--quiet`` keeps errors only.
+
+    Must run before vLLM is imported: vLLM configures its logger from the environment at import.
+    """
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if quiet:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        logging.getLogger("vllm").setLevel(logging.ERROR)
+        logging.getLogger("reasonexit").setLevel(logging.ERROR)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: raise :class:`Interrupted` in the main thread, which shuts the run down in
+    order (stop taking work, abort in-flight requests, flush rows, close the engine). Later
+    signals are ignored while that runs; it is bounded by timeouts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _check_engine_options(args: argparse.Namespace, model: str) -> None:
+    """Engine settings checked before anything starts (the engine would find them 40-60 s later)."""
+    import typing
+
+    from vllm.config.model import ModelDType
+
+    dtypes = [d for d in typing.get_args(ModelDType) if isinstance(d, str)]
+    if args.dtype not in dtypes:
+        raise UserError(f"--dtype {args.dtype!r} is not a dtype vLLM knows; choose from: {', '.join(dtypes)}")
+    for name, value, low in (
+        ("--max-in-flight", args.max_in_flight, 1),
+        ("--max-num-seqs", args.max_num_seqs, 1),
+        ("--tensor-parallel-size", args.tensor_parallel_size, 1),
+        ("--data-parallel-size", args.data_parallel_size, 1),
+        ("--block-size", args.block_size, 1),
+        ("--max-model-len", args.max_model_len, 1),
+    ):
+        if value is not None and value < low:
+            raise UserError(f"{name} must be >= {low}, got {value}")
+    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
+        raise UserError(f"--kv-cache-gib must be > 0, got {args.kv_cache_gib}")
+    if args.max_model_len is not None and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        from .engine import EngineConfig, _config_context_length
+
+        limit = _config_context_length(EngineConfig(model=model))
+        if args.max_model_len > limit:
+            raise UserError(
+                f"--max-model-len {args.max_model_len} is longer than the model's context of {limit} tokens "
+                "(its config.json)"
+            )
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
-    """``reasonexit eval``: validate everything, then run, write rows as they finish, print a summary."""
-    from .api import default_run_path, evaluate, run_signature
+    """``reasonexit eval``: check everything checkable, then run, write rows as they finish, print a summary.
+
+    Nothing is started and no file is created until every check has passed; the result file
+    appears with its first row.
+    """
+    from .api import check_decoding, default_run_path, evaluate, run_signature
     from .datasets import load_problems
     from .engine import DEFAULT_MODEL, EngineConfig, get_session
     from .methods.base import Decoding, make_method
     from .report import markdown_table, plot_accuracy_vs_tokens, summarize
+    from .runner import check_run_file
 
-    if args.quiet:
-        _quiet_logs()
     method = make_method(args.method, _method_options(extra))
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be >= 1")
     if args.max_tokens < 1:
         raise UserError("--max-tokens must be >= 1")
-    problems = load_problems(
-        args.dataset,
-        limit=args.limit,
-        split=args.split,
-        problem_field=args.problem_field,
-        answer_field=args.answer_field,
-        id_field=args.id_field,
-        dataset_format=args.dataset_format,
-        synthetic_seed=args.data_seed,
-        synthetic_difficulty=args.difficulty,
-    )
     decoding = Decoding(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
+    check_decoding(decoding)
     model = args.model or DEFAULT_MODEL
     signature = run_signature(model, args.dataset, method, decoding)
     out = Path(args.out) if args.out else default_run_path(signature)
+    check_run_file(out)
     config = EngineConfig(
         model=model,
         tokenizer=args.tokenizer,
@@ -161,24 +210,53 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         no_thinking=args.no_thinking,
         reasoning_parser=args.reasoning_parser,
     )
-    session = get_session(config)
+    problems = load_problems(
+        args.dataset,
+        limit=args.limit,
+        split=args.split,
+        problem_field=args.problem_field,
+        answer_field=args.answer_field,
+        id_field=args.id_field,
+        dataset_format=args.dataset_format,
+        synthetic_seed=args.data_seed,
+        synthetic_difficulty=args.difficulty,
+    )
+    _check_engine_options(args, model)
+    if args.no_thinking:
+        method.check_model(has_thinking=False)
+    session = get_session(config)  # the tokenizer; the engine starts with the first request
+    method.check_model(session.markers.has_thinking)
     print(
         f"model: {model} ({session.markers.describe()}); {len(problems)} problems; method {method.name}",
         file=sys.stderr,
     )
     if session.dtype_note:
         print(session.dtype_note, file=sys.stderr)
-    rows, wall = evaluate(
-        problems,
-        method,
-        session,
-        decoding,
-        out,
-        signature=signature,
-        max_in_flight=args.max_in_flight,
-        progress=not args.quiet,
-    )
-    summary = summarize(rows, run=out.stem, wall_s=wall)
+    try:
+        run = evaluate(
+            problems,
+            method,
+            session,
+            decoding,
+            out,
+            signature=signature,
+            max_in_flight=args.max_in_flight,
+            progress=not args.quiet,
+            fail_fast=args.fail_fast,
+        )
+    except RunStopped as stop:
+        if stop.signum is not None or stop.engine_dead:
+            session.close()  # in order: requests were aborted and rows flushed; now the engine
+        if stop.signum is not None:
+            print(f"interrupted: {stop.done} of {stop.total} done; re-run the same command to resume", file=sys.stderr)
+            return 128 + stop.signum
+        print(
+            f"reasonexit: error: {stop.reason}; {stop.done} of {stop.total} done; "
+            "re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 1
+    summary = summarize(run.rows, run=out.stem, wall_s=run.wall_s, timed_rows=run.new_rows)
     print(markdown_table([summary]))
     print(f"results: {out}")
     if args.plot:
@@ -227,7 +305,13 @@ def cmd_methods() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``reasonexit`` console script."""
+    """Entry point of the ``reasonexit`` console script.
+
+    Called without ``argv`` (as the ``reasonexit`` command), it also shuts the engine down before
+    returning, with SIGINT/SIGTERM ignored, so a late signal cannot cut the shutdown short and
+    leave engine processes or shared memory behind.
+    """
+    as_command = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv:
         # before vLLM is imported: its logging level is read once, at import
@@ -240,9 +324,10 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    _route_logs(bool(getattr(args, "quiet", False)))
     try:
         if args.command == "eval":
-            return cmd_eval(args, extra)
+            return _with_signal_handlers(cmd_eval, args, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "report":
@@ -252,11 +337,34 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"reasonexit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Interrupted as exc:  # before the run started: nothing was written
+        print("interrupted before the run started; nothing was written", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("reasonexit: interrupted; re-run the same command to resume", file=sys.stderr)
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if as_command and "reasonexit.engine" in sys.modules:
+            from .engine import close_all_sessions
+
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+            close_all_sessions()
     parser.error(f"unknown command {args.command}")
     return EXIT_USER_ERROR
+
+
+def _with_signal_handlers(fn, *args):  # noqa: ANN001, ANN202 - a thin wrapper
+    """Run ``fn`` with SIGINT/SIGTERM turned into :class:`Interrupted` (main thread only), then
+    restore the previous handlers (the CLI is also called in-process, e.g. by tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return fn(*args)
+    previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return fn(*args)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 if __name__ == "__main__":

@@ -415,7 +415,7 @@ def _gpqa_raw_to_rows(
     for index, row in enumerate(rows):
         for col in (_GPQA_RAW_QUESTION, _GPQA_RAW_CORRECT, *_GPQA_RAW_WRONG):
             if _is_empty(row.get(col)):
-                raise UserError(f"GPQA row {index}: missing or empty {col!r} field")
+                raise UserError(f"GPQA row {index + 1}: missing or empty {col!r} field")
         rid = row.get("Record ID")
         rid = str(rid) if not _is_empty(rid) else f"gpqa-{index}"
         options, letter = _shuffle_options(
@@ -503,23 +503,23 @@ def _rows_to_problems(
         raw_problem = row.get(pfield)
         raw_answer = row.get(afield)
         if _is_empty(raw_problem):
-            raise UserError(f"{source}: row {index} has a missing or empty {pfield!r} field (the problem)")
+            raise UserError(f"{source}: row {index + 1} has a missing or empty {pfield!r} field (the problem)")
         if _is_empty(raw_answer):
-            raise UserError(f"{source}: row {index} has a missing or empty {afield!r} field (the answer)")
+            raise UserError(f"{source}: row {index + 1} has a missing or empty {afield!r} field (the answer)")
         text = _strip_embedded_instruction(str(raw_problem))
         if not text:
-            raise UserError(f"{source}: row {index} has an empty {pfield!r} field (the problem)")
+            raise UserError(f"{source}: row {index + 1} has an empty {pfield!r} field (the problem)")
 
         # A full solution instead of a bare answer (e.g. a 'solution' column): take its \boxed{}.
         if kind != "gsm8k" and isinstance(raw_answer, str) and "\\boxed" in raw_answer:
             boxed = extract_answer(raw_answer, kind)
             if boxed is None:
-                raise UserError(f"{source}: row {index}: no final answer found in the {afield!r} field")
+                raise UserError(f"{source}: row {index + 1}: no final answer found in the {afield!r} field")
             raw_answer = boxed
         try:
             gold = extract_gold(raw_answer, kind)
         except ValueError as exc:
-            raise UserError(f"{source}: row {index} has an unusable {afield!r} field: {exc}") from exc
+            raise UserError(f"{source}: row {index + 1} has an unusable {afield!r} field: {exc}") from exc
 
         meta: dict[str, Any] = {}
         for mf in meta_fields:

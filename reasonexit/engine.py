@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import itertools
 import logging
 import os
+import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator, Coroutine, Sequence
@@ -59,6 +61,11 @@ def _verbose() -> bool:
 
 
 quiet_by_default()
+
+#: Seconds the engine processes get to exit on close before vLLM kills them.
+_SHUTDOWN_TIMEOUT_S = 15.0
+#: Seconds an interrupted :meth:`EngineSession.run` waits for its cancelled coroutine to unwind.
+_CANCEL_WAIT_S = 10.0
 
 #: The bundled tiny reasoning model (see ``scripts/train_tiny_reasoner.py``).
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny_reasoner")
@@ -188,10 +195,11 @@ class EngineSession:
         self.max_model_len: int = self.config.max_model_len or _config_context_length(self.config)
         self._engine: Any = None
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="reasonexit-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run_loop, name="reasonexit-engine", daemon=True)
         self._thread.start()
         self._closed = False
         self._start_lock = threading.Lock()
+        self._watchdog: subprocess.Popen | None = None
         atexit.register(self.close)
 
     @property
@@ -216,7 +224,22 @@ class EngineSession:
             if self._closed:
                 raise RuntimeError("engine session is closed")
             check_main_guard()
-            engine = asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop).result()
+            # vLLM's default 5 s grace before it signals a worker whose EngineCore is shutting
+            # down is longer than the 5 s it gives the EngineCore itself, so every shutdown ended
+            # with "force killing EngineCore" and leaked shared memory; 1 s lets workers go first.
+            os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "1")
+            self._start_watchdog()
+            with _engine_processes_in_own_session(self._thread):
+                fut = asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop)
+                try:
+                    engine = fut.result()
+                except BaseException:
+                    # Interrupted while the engine starts (about half a minute): whatever comes up
+                    # is shut down once it is up; if this process exits first, the watchdog stops it.
+                    fut.add_done_callback(_shutdown_late_engine)
+                    raise
+                finally:
+                    self._watchdog_say("end")
             self.max_model_len = int(engine.model_config.max_model_len)
             self._engine = engine
 
@@ -233,6 +256,52 @@ class EngineSession:
             )
 
     # ----------------------------------------------------------------- lifecycle
+    def _run_loop(self) -> None:
+        """The engine thread: runs the loop every controller and vLLM's output handler live on."""
+        self._loop.run_forever()
+
+    def _start_watchdog(self) -> None:
+        """Start the engine watchdog (``_watchdog.py``), which stops the engine processes if this
+        process dies without shutting them down (SIGKILL, a crash)."""
+        if self._watchdog is not None:
+            return
+        import psutil
+
+        try:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("_watchdog.py"))],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.warning("cannot start the engine watchdog (%s); engine processes may outlive a killed run", exc)
+            return
+        before = ",".join(str(c.pid) for c in psutil.Process().children())
+        self._watchdog_say(f"begin {os.getpid()} {before}")
+
+    def _watchdog_say(self, line: str) -> None:
+        wd = self._watchdog
+        if wd is None or wd.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            wd.stdin.write((line + "\n").encode())
+            wd.stdin.flush()
+
+    def _stop_watchdog(self) -> None:
+        """Close the watchdog's input: it stops whatever engine process is left, then exits."""
+        wd, self._watchdog = self._watchdog, None
+        if wd is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if wd.stdin is not None:
+                wd.stdin.close()
+        try:
+            wd.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            wd.kill()
+            wd.wait()
+
     async def _start_engine(self):
         from vllm.config.reasoning import ReasoningConfig
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -302,25 +371,45 @@ class EngineSession:
         self.step_rules = frozenset(rules)
         return engine
 
+    def _cancel_loop_tasks(self) -> None:
+        """Cancel every task on the engine loop and wait (a few seconds at most) until they end."""
+        if not self._loop.is_running() or threading.current_thread() is self._thread:
+            return
+
+        async def cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=_CANCEL_WAIT_S)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=_CANCEL_WAIT_S + 1)
+
     def _stop_loop(self) -> None:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
 
     def close(self) -> None:
-        """Shut the engine down (idempotent)."""
+        """Shut the engine down (idempotent): in-flight requests are dropped, the engine processes
+        stop, and the watchdog exits."""
         if self._closed:
             return
         self._closed = True
         engine, self._engine = self._engine, None
-        # Stop our loop first, so vLLM's output handler does not report the engine core's exit as
-        # a crash while the core shuts down.
+        # Cancel what still runs on our loop (vLLM's output handler, interrupted controllers) and
+        # stop the loop before the engine core goes: the output handler then cannot report the
+        # core's exit as a crash, and no pending task is left to be destroyed noisily at exit.
+        self._cancel_loop_tasks()
         self._stop_loop()
         if engine is not None:
             with contextlib.suppress(Exception):
-                engine.shutdown()
+                engine.shutdown(timeout=_SHUTDOWN_TIMEOUT_S)
             # Drop the last reference now: AsyncLLM.__del__ at interpreter exit fails noisily.
             del engine
+        self._stop_watchdog()
 
     def __enter__(self) -> EngineSession:
         return self
@@ -330,7 +419,12 @@ class EngineSession:
 
     # ----------------------------------------------------------------- running controllers
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Run a coroutine on the engine's loop and wait for its result (from any thread)."""
+        """Run a coroutine on the engine's loop and wait for its result (from any thread).
+
+        If the wait is interrupted (Ctrl-C, or an exception raised by a signal handler), the
+        coroutine is cancelled, which aborts its in-flight requests, and its unwinding is awaited
+        (up to a few seconds) before the exception goes on, so no callback of it runs afterwards.
+        """
         if threading.current_thread() is self._thread:
             raise RuntimeError("EngineSession.run called from the engine loop; await the coroutine instead")
         try:
@@ -338,7 +432,23 @@ class EngineSession:
         except BaseException:
             coro.close()  # never scheduled: close it so Python does not warn that it was never awaited
             raise
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        created: concurrent.futures.Future[asyncio.Task] = concurrent.futures.Future()
+        finished = threading.Event()
+
+        def create() -> None:
+            task = self._loop.create_task(coro)
+            task.add_done_callback(lambda _t: finished.set())
+            created.set_result(task)
+
+        self._loop.call_soon_threadsafe(create)
+        task = created.result()
+        try:
+            finished.wait()
+        except BaseException:
+            self._loop.call_soon_threadsafe(task.cancel)
+            finished.wait(timeout=_CANCEL_WAIT_S)
+            raise
+        return task.result()
 
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await a coroutine run on the engine's loop, from any other event loop."""
@@ -594,6 +704,87 @@ def resolve_dtype(config: EngineConfig) -> tuple[str, str | None]:
         return "float32", f"dtype auto: float32 ({what}; this CPU has no native bfloat16)"
     return config.dtype, None
 
+# --------------------------------------------------------------------- engine processes and Ctrl-C
+# vLLM 0.32 starts its EngineCore with multiprocessing "spawn" on CPU (fork + exec of a new
+# Python; "fork" on some GPU set-ups) and the EngineCore starts its Worker processes the same way.
+# They used to land in the terminal's foreground process group, so a Ctrl-C reached them at the
+# same moment as reasonexit, and vLLM's own SIGINT handlers tore the engine down under the running
+# requests (EngineDeadError, thousands of lines of traceback, exit 1). Blocking or ignoring SIGINT
+# in the starting thread does not help: the mask was not inherited by the spawned processes here
+# (measured: SigBlk 0 in /proc/<EngineCore>/status) and vLLM installs its own handlers over
+# SIG_IGN. What works is starting the engine processes in a session of their own (setsid), which
+# takes them out of the terminal's process group: for "spawn" through multiprocessing's
+# executable hook (a tiny wrapper that calls setsid and execs the real interpreter with the same
+# arguments; vLLM uses the same hook for numactl), for "fork" through an at-fork hook active only
+# for forks made by the engine thread while the engine starts. Workers inherit the new session
+# from their EngineCore. Ctrl-C then reaches only reasonexit, which shuts down in order; vLLM still
+# stops its processes with SIGTERM. Leaving the session also means the processes no longer get
+# the terminal's SIGHUP: the watchdog (``_watchdog.py``) covers every way this process can die.
+_SETSID_FORKS_FROM: int | None = None
+_WRAPPER_DIR: str | None = None
+
+
+def _setsid_after_fork() -> None:
+    if _SETSID_FORKS_FROM is not None and threading.get_ident() == _SETSID_FORKS_FROM:
+        with contextlib.suppress(OSError):
+            os.setsid()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_setsid_after_fork)
+
+
+def _setsid_wrapper(real: str) -> str | None:
+    """An executable that runs ``real`` (the Python multiprocessing spawns) in a new session."""
+    global _WRAPPER_DIR
+    if " " in sys.executable or len(sys.executable) > 120:
+        return None  # a shebang line cannot hold it
+    try:
+        if _WRAPPER_DIR is None:
+            import shutil
+            import tempfile
+
+            _WRAPPER_DIR = tempfile.mkdtemp(prefix="reasonexit-")
+            atexit.register(shutil.rmtree, _WRAPPER_DIR, True)
+        path = Path(_WRAPPER_DIR) / "python-setsid"
+        path.write_text(
+            f"#!{sys.executable}\n"
+            "import os, sys\n"
+            "try:\n    os.setsid()\nexcept OSError:\n    pass\n"
+            f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n"
+        )
+        path.chmod(0o755)
+        return str(path)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def _engine_processes_in_own_session(thread: threading.Thread):
+    """While the engine starts, processes it spawns or forks start in a session of their own."""
+    global _SETSID_FORKS_FROM
+    import multiprocessing.spawn as mp_spawn
+
+    previous = mp_spawn.get_executable()
+    wrapper = _setsid_wrapper(os.fsdecode(previous)) if previous else None
+    if wrapper is not None:
+        mp_spawn.set_executable(wrapper)
+    _SETSID_FORKS_FROM = thread.ident
+    try:
+        yield
+    finally:
+        _SETSID_FORKS_FROM = None
+        if wrapper is not None:
+            mp_spawn.set_executable(previous)
+
+
+def _shutdown_late_engine(fut: concurrent.futures.Future) -> None:
+    """Shut down an engine whose start finished after the caller gave up waiting for it."""
+    if fut.cancelled() or fut.exception() is not None:
+        return
+    with contextlib.suppress(Exception):
+        fut.result().shutdown()
+
 
 def _config_context_length(config: EngineConfig) -> int:
     """The context length the model's config declares (vLLM's own value replaces it at start)."""
@@ -630,6 +821,15 @@ def _load_tokenizer(config: EngineConfig):
 
 _SESSIONS: dict[tuple, EngineSession] = {}
 _SESSIONS_LOCK = threading.Lock()
+
+
+def close_all_sessions() -> None:
+    """Close every engine session of this process (engines shut down, watchdogs exit)."""
+    with _SESSIONS_LOCK:
+        sessions = list(_SESSIONS.values())
+        _SESSIONS.clear()
+    for session in sessions:
+        session.close()
 
 
 def get_session(config: EngineConfig | None = None) -> EngineSession:

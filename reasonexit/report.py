@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ SUMMARY_COLUMNS = [
     "method",
     "params",
     "n",
+    "errors",
     "accuracy",
     "output_tokens",
     "compute_tokens",
@@ -24,35 +25,73 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def summarize(rows: Sequence[dict[str, Any]], run: str = "", wall_s: float | None = None) -> dict[str, Any]:
-    """One summary row: accuracy (%), mean tokens, mean latency; throughput when the run wall time is known."""
+#: Fields every result row has (checked so a foreign or damaged file gets one line, not a KeyError).
+REQUIRED_FIELDS = ("id", "method", "output_tokens", "compute_tokens", "wall_s")
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    run: str = "",
+    wall_s: float | None = None,
+    timed_rows: Sequence[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """One summary row: accuracy (%), mean tokens, mean latency, errors; throughput when the wall
+    time is known.
+
+    Only the newest row of each problem counts (a problem re-run after an error has several).
+    Error rows (``exit_reason == "error"``) are counted in ``n`` and ``errors`` and left out of
+    accuracy and the means. Throughput divides the output tokens of ``timed_rows`` (the rows
+    written during ``wall_s``, e.g. by one invocation of a resumed run; default: all rows) by
+    ``wall_s``.
+    """
+    from .runner import latest_rows
+
+    rows = latest_rows(rows)
+    name = run or "(unnamed)"
     if not rows:
-        raise UserError(f"run {run or '(unnamed)'} has no results")
+        raise UserError(f"run {name} has no results")
+    for n, r in enumerate(rows, start=1):
+        missing = [f for f in REQUIRED_FIELDS if f not in r]
+        if missing:
+            raise UserError(
+                f"run {name}: result {n} (id {r.get('id', '?')}) has no {', '.join(map(repr, missing))} "
+                "field; is this a reasonexit run file?"
+            )
     df = pd.DataFrame(rows)
-    graded = df["correct"].dropna() if "correct" in df else pd.Series(dtype=float)
+    errors = df["exit_reason"].eq("error") if "exit_reason" in df else pd.Series(False, index=df.index)
+    ok = df[~errors]
+    graded = ok["correct"].dropna() if "correct" in ok else pd.Series(dtype=float)
+
+    def mean(col: str, digits: int) -> float:
+        if col not in ok or ok[col].dropna().empty:
+            return float("nan")
+        return round(float(pd.to_numeric(ok[col], errors="coerce").mean()), digits)
+
+    method = str(df["method"].iloc[0])
     out: dict[str, Any] = {
         "run": run,
-        "method": str(df["method"].iloc[0]),
-        "params": _short_params(df["params"].iloc[0], str(df["method"].iloc[0])),
+        "method": method,
+        "params": _short_params(df["params"].iloc[0] if "params" in df else "", method),
         "n": len(df),
+        "errors": int(errors.sum()),
         "accuracy": round(100.0 * graded.astype(float).mean(), 2) if len(graded) else float("nan"),
-        "output_tokens": round(float(df["output_tokens"].mean()), 1),
-        "compute_tokens": round(float(df["compute_tokens"].mean()), 1),
-        "thinking_tokens": round(float(df["thinking_tokens"].mean()), 1),
-        "latency_s": round(float(df["wall_s"].mean()), 3),
+        "output_tokens": mean("output_tokens", 1),
+        "compute_tokens": mean("compute_tokens", 1),
+        "thinking_tokens": mean("thinking_tokens", 1),
+        "latency_s": mean("wall_s", 3),
     }
     if wall_s is not None:
+        timed = rows if timed_rows is None else list(timed_rows)
+        tokens = sum(int(r.get("output_tokens") or 0) for r in timed)
         out["wall_s"] = round(wall_s, 2)
-        out["output_tok_per_s"] = round(float(df["output_tokens"].sum()) / wall_s, 1) if wall_s > 0 else float("nan")
+        out["output_tok_per_s"] = round(tokens / wall_s, 1) if wall_s > 0 and timed else float("nan")
     return out
 
 
 def _short_params(params: Any, method: str = "") -> str:
     """The parameters that differ from the method's defaults, as ``k=v`` pairs."""
-    if not params:
-        return ""
-    if isinstance(params, str):
-        return params
+    if not isinstance(params, dict) or not params:
+        return params if isinstance(params, str) else ""
     defaults = _defaults(method)
     shown = {k: v for k, v in params.items() if k not in defaults or defaults[k] != v}
     if "inner_options" in params:  # a nested method: show it as inner=name(its own non-defaults)
@@ -73,20 +112,33 @@ def _defaults(method: str) -> dict[str, Any]:
         return {}
 
 
-def load_rows(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a run file, with a clear error for a missing or unreadable one."""
+def load_rows(path: str | Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Rows of a run file, with a clear error for a missing or unreadable one.
+
+    Lines that are not JSON objects are skipped and reported through ``warn`` (default: a line
+    on stderr) with their 1-based line numbers.
+    """
     from .runner import read_run
 
     p = Path(path)
     if not p.is_file():
         raise UserError(f"run file not found: {path}")
+    bad: list[int] = []
     try:
-        rows = read_run(p)
-    except (OSError, json.JSONDecodeError) as exc:
+        rows = read_run(p, bad_lines=bad)
+    except OSError as exc:
         raise UserError(f"cannot read run file {path}: {exc}") from None
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        message = f"{path}: skipped {len(bad)} corrupt line{'s' if len(bad) > 1 else ''} ({shown})"
+        (warn or _warn)(message)
     if not rows:
         raise UserError(f"run file {path} has no results")
     return rows
+
+
+def _warn(message: str) -> None:
+    print(f"reasonexit: warning: {message}", file=sys.stderr)
 
 
 def markdown_table(summaries: Sequence[dict[str, Any]]) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 
 from .answers import extract_answer, grade
 from .engine import EngineSession, Usage
+from .grading import agrade
 from .methods.base import Outcome
 from .thinking import split_completion
 
@@ -39,6 +40,8 @@ class Result:
     exit_reason: str
     problem: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    #: Why the problem failed (``exit_reason == "error"``): one line, ``Type: message``.
+    error: str | None = None
     #: The completion's token ids (not written to run files).
     token_ids: list[int] = field(default_factory=list, repr=False)
 
@@ -62,7 +65,81 @@ def build_result(
     kind: str,
     problem: str = "",
 ) -> Result:
-    """Decode, split, extract and grade an outcome into a :class:`Result`."""
+    """Decode, split, extract and grade an outcome into a :class:`Result` (grades in this thread)."""
+    res = _result(session, id, method_name, params, outcome, usage, wall_s, gold, kind, problem)
+    res.correct = grade(res.answer, gold, kind) if gold is not None else None
+    return res
+
+
+async def abuild_result(
+    session: EngineSession,
+    *,
+    id: str,
+    method_name: str,
+    params: dict[str, Any],
+    outcome: Outcome,
+    usage: Usage,
+    wall_s: float,
+    gold: str | None,
+    kind: str,
+    problem: str = "",
+) -> Result:
+    """:func:`build_result` for the engine loop: grading runs in a worker, not on the loop."""
+    res = _result(session, id, method_name, params, outcome, usage, wall_s, gold, kind, problem)
+    res.correct = await agrade(res.answer, gold, kind) if gold is not None else None
+    return res
+
+
+def error_result(
+    *,
+    id: str,
+    method_name: str,
+    params: dict[str, Any],
+    usage: Usage,
+    wall_s: float,
+    gold: str | None,
+    problem: str,
+    error: str,
+) -> Result:
+    """The result of a problem whose controller failed: no completion, the one-line cause, and the
+    tokens it had decoded before failing (they were spent)."""
+    return Result(
+        id=id,
+        method=method_name,
+        params=params,
+        text="",
+        thinking="",
+        answer_text="",
+        answer=None,
+        gold=gold,
+        correct=None,
+        prompt_tokens=usage.prompt_tokens,
+        output_tokens=0,
+        compute_tokens=usage.compute_tokens,
+        thinking_tokens=0,
+        answer_tokens=0,
+        closed_thinking=False,
+        wall_s=round(wall_s, 4),
+        exit_reason="error",
+        problem=problem,
+        info={"requests": usage.requests, "cached_prompt_tokens": usage.cached_prompt_tokens},
+        error=error,
+    )
+
+
+def _result(
+    session: EngineSession,
+    id: str,
+    method_name: str,
+    params: dict[str, Any],
+    outcome: Outcome,
+    usage: Usage,
+    wall_s: float,
+    gold: str | None,
+    kind: str,
+    problem: str,
+) -> Result:
+    """Everything of a result but the grade (``correct`` is left None)."""
     ids = outcome.token_ids
     markers = session.markers
     split = split_completion(ids, markers)
@@ -74,7 +151,6 @@ def build_result(
     # thinking block is not an answer). Without markers, the whole text is the answer.
     search = answer_text if markers.has_thinking else session.decode([t for t in ids if t not in eos])
     answer = extract_answer(search, kind)
-    correct = grade(answer, gold, kind) if gold is not None else None
     return Result(
         id=id,
         method=method_name,
@@ -84,7 +160,7 @@ def build_result(
         answer_text=answer_text,
         answer=answer,
         gold=gold,
-        correct=correct,
+        correct=None,
         prompt_tokens=usage.prompt_tokens,
         output_tokens=len(ids),
         compute_tokens=usage.compute_tokens,

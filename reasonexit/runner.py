@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -17,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .engine import EngineSession, Usage
-from .errors import UserError
+from .errors import ProblemFailed, UserError, is_engine_dead, one_line
 from .methods.base import Context, Decoding, Method
-from .results import Result, build_result
+from .results import Result, abuild_result, error_result
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -34,8 +37,15 @@ class Job:
 
 
 async def solve_job(session: EngineSession, method: Method, job: Job, decoding: Decoding, index: int = 0) -> Result:
-    """Solve one job with ``method`` and build its result (runs on the engine loop)."""
+    """Solve one job with ``method`` and build its result (runs on the engine loop; raises what the
+    controller raises)."""
     usage = Usage(prompt_tokens=len(job.prompt_ids))
+    return await _solve(session, method, job, decoding, index, usage)
+
+
+async def _solve(
+    session: EngineSession, method: Method, job: Job, decoding: Decoding, index: int, usage: Usage
+) -> Result:
     ctx = Context(
         session=session,
         prompt_ids=list(job.prompt_ids),
@@ -49,7 +59,7 @@ async def solve_job(session: EngineSession, method: Method, job: Job, decoding: 
     start = time.perf_counter()
     outcome = await method.solve(ctx)
     wall = time.perf_counter() - start
-    return build_result(
+    return await abuild_result(
         session,
         id=job.id,
         method_name=method.name,
@@ -63,6 +73,35 @@ async def solve_job(session: EngineSession, method: Method, job: Job, decoding: 
     )
 
 
+async def solve_isolated(
+    session: EngineSession, method: Method, job: Job, decoding: Decoding, index: int = 0
+) -> Result:
+    """Like :func:`solve_job`, but a failing controller gives an error result instead of raising.
+
+    Only the problem's own failure is caught: a dead engine (``EngineDeadError``), a
+    :class:`~reasonexit.errors.UserError` (the run's settings), cancellation and interrupts still
+    propagate, since they are not this problem's fault.
+    """
+    usage = Usage(prompt_tokens=len(job.prompt_ids))
+    start = time.perf_counter()
+    try:
+        return await _solve(session, method, job, decoding, index, usage)
+    except Exception as exc:
+        if is_engine_dead(exc) or isinstance(exc, UserError):
+            raise  # not this problem's fault: the engine is gone, or the run is misconfigured
+        log.warning("problem %s failed: %s", job.id, one_line(exc), exc_info=log.isEnabledFor(logging.DEBUG))
+        return error_result(
+            id=job.id,
+            method_name=method.name,
+            params=method.describe(),
+            usage=usage,
+            wall_s=time.perf_counter() - start,
+            gold=job.gold,
+            problem=job.problem,
+            error=one_line(exc),
+        )
+
+
 async def solve_all(
     session: EngineSession,
     method: Method,
@@ -71,8 +110,15 @@ async def solve_all(
     max_in_flight: int = 256,
     on_result: Callable[[Result], None] | None = None,
     indices: Sequence[int] | None = None,
+    fail_fast: bool = False,
 ) -> list[Result]:
-    """Solve all jobs concurrently (at most ``max_in_flight`` at a time); results in job order."""
+    """Solve all jobs concurrently (at most ``max_in_flight`` at a time); results in job order.
+
+    A problem whose controller raises gets a result with ``exit_reason="error"`` and the one-line
+    cause in ``error``; the other problems go on. With ``fail_fast``, the first failure instead
+    cancels every other problem and raises :class:`~reasonexit.errors.ProblemFailed`. A dead
+    engine always ends the whole call (its ``EngineDeadError`` propagates).
+    """
     if max_in_flight < 1:
         raise UserError("--max-in-flight must be >= 1")
     sem = asyncio.Semaphore(max_in_flight)
@@ -80,7 +126,15 @@ async def solve_all(
 
     async def one(i: int, job: Job) -> Result:
         async with sem:
-            res = await solve_job(session, method, job, decoding, idx[i])
+            if fail_fast:
+                try:
+                    res = await solve_job(session, method, job, decoding, idx[i])
+                except Exception as exc:
+                    if is_engine_dead(exc) or isinstance(exc, UserError):
+                        raise
+                    raise ProblemFailed(job.id, one_line(exc)) from exc
+            else:
+                res = await solve_isolated(session, method, job, decoding, idx[i])
         if on_result is not None:
             on_result(res)
         return res
@@ -91,24 +145,120 @@ async def solve_all(
     finally:
         for t in tasks:
             t.cancel()
+        # Wait for the cancelled problems to finish unwinding (their requests are aborted on the
+        # way out), so that no row is written after this returns.
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------- run files
-def read_run(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a run file; a torn last line (from a killed run) is ignored."""
+def read_run(path: str | os.PathLike, bad_lines: list[int] | None = None) -> list[dict[str, Any]]:
+    """All rows of a run file, in file order (a problem re-run after an error has several rows;
+    :func:`latest_rows` keeps the newest).
+
+    A torn last line (from a killed run) is ignored. Lines that are not a JSON object are skipped;
+    their 1-based line numbers are appended to ``bad_lines`` when it is given.
+    """
     rows: list[dict[str, Any]] = []
     p = Path(path)
     if not p.exists():
         return rows
     with p.open("rb") as fh:
-        for raw in fh:
+        for lineno, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):
                 break  # torn tail
             try:
-                rows.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            elif bad_lines is not None and raw.strip():
+                bad_lines.append(lineno)
     return rows
+
+
+def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest row of each problem id, in the order ids first appeared (rows without an id are kept)."""
+    latest: dict[Any, dict[str, Any]] = {}
+    for n, r in enumerate(rows):
+        key = ("id", str(r["id"])) if "id" in r else ("row", n)
+        latest.pop(key, None)  # re-insert: a re-run problem moves to where its newest row is
+        latest[key] = r
+    return list(latest.values())
+
+
+def check_run_file(path: str | os.PathLike) -> None:
+    """Refuse an ``--out`` that reasonexit must not write into, before anything is started.
+
+    Usable: a missing file (created when the first row is written) whose parent is, or can be, a
+    directory; or an existing reasonexit run file (every complete line a JSON object with a
+    ``run`` signature). Anything else (a directory, a dataset, a file that cannot be written)
+    raises a one-line :class:`UserError` and is left untouched.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"--out {path} is a directory; give a .jsonl file path")
+    parent = p.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {path}: {parent} is not a directory")
+    if not p.exists():
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"--out {path}: cannot create files in {parent}")
+        return
+    if not p.is_file():
+        raise UserError(f"--out {path} is not a regular file")
+    if not os.access(p, os.R_OK | os.W_OK):
+        raise UserError(f"--out {path} is not writable")
+    with p.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.endswith(b"\n"):
+                break  # a torn last line of a killed run is cut when the run resumes
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("run"), dict):
+                raise UserError(
+                    f"--out {path} is not a reasonexit run file (line {lineno} is not a result row); "
+                    "it was left unchanged: choose another --out"
+                )
+
+
+class RunWriter:
+    """Appends one JSON line per result, each written with a single ``write``.
+
+    The file is opened (and created) when the first row is written, so a run that stops before
+    its first result leaves no file behind.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._fd: int | None = None
+        self.written = 0
+
+    def _open(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_run_file(self.path)
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row as a whole line."""
+        if self._fd is None:
+            self._fd = self._open()
+        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
+        os.write(self._fd, line)
+        self.written += 1
+
+    def close(self) -> None:
+        """Flush to disk and close (idempotent)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.fsync(fd)
+            os.close(fd)
 
 
 def repair_run_file(path: str | os.PathLike) -> None:
@@ -123,26 +273,6 @@ def repair_run_file(path: str | os.PathLike) -> None:
             fh.truncate(cut)
 
 
-class RunWriter:
-    """Appends one JSON line per result, each written with a single ``write`` and flushed."""
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_run_file(self.path)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(self, row: dict[str, Any]) -> None:
-        """Append one row as a whole line."""
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-        os.write(self._fd, line)
-
-    def close(self) -> None:
-        """Flush to disk and close."""
-        os.fsync(self._fd)
-        os.close(self._fd)
-
-
 def done_ids(rows: Iterable[dict[str, Any]]) -> set[str]:
-    """Ids already present in a run file."""
-    return {str(r["id"]) for r in rows if "id" in r}
+    """Ids whose newest row is a result (a problem whose newest row is an error is run again)."""
+    return {str(r["id"]) for r in latest_rows(rows) if "id" in r and r.get("exit_reason") != "error"}

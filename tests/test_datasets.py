@@ -205,17 +205,17 @@ def test_json_and_parquet(tmp_path: Path) -> None:
 def test_missing_answer_raises(tmp_path: Path) -> None:
     rows = [{"problem": "1+1?", "answer": "2"}, {"problem": "2+2?", "answer": ""}]
     path = _write_jsonl(tmp_path / "bad.jsonl", rows)
-    with pytest.raises(UserError, match=r"row 1 .*'answer'"):
+    with pytest.raises(UserError, match=r"row 2 .*'answer'"):
         load_problems(str(path))
     rows = [{"problem": "1+1?", "answer": "2"}, {"problem": "2+2?"}]
     path = _write_jsonl(tmp_path / "bad2.jsonl", rows)
-    with pytest.raises(UserError, match=r"row 1 .*'answer'"):
+    with pytest.raises(UserError, match=r"row 2 .*'answer'"):
         load_problems(str(path))
 
 
 def test_missing_problem_raises(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "bad.jsonl", [{"problem": "  ", "answer": "2"}])
-    with pytest.raises(UserError, match=r"row 0 .*'problem'"):
+    with pytest.raises(UserError, match=r"row 1 .*'problem'"):
         load_problems(str(path))
 
 

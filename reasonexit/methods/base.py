@@ -97,6 +97,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type]
+    #: True for methods that act on the thinking span (they fail on a model without one).
+    needs_thinking: ClassVar[bool] = False
 
     def __init__(self, params: Any | None = None) -> None:
         self.params = params if params is not None else self.Params()
@@ -114,6 +116,14 @@ class Method(ABC):
     def describe(self) -> dict[str, Any]:
         """Parameters as a JSON-ready dict (stored in every result row)."""
         return {k: _jsonable(v) for k, v in dataclasses.asdict(self.params).items()}
+
+    def check_model(self, has_thinking: bool) -> None:
+        """Raise a :class:`UserError` before any engine starts if this method (or the one it runs
+        inside itself) cannot work on the model (e.g. DEER on a model without thinking)."""
+        if self.needs_thinking and not has_thinking:
+            raise UserError(f"method {self.name} needs a reasoning model: this model has no thinking span")
+        if self.inner is not None:
+            self.inner.check_model(has_thinking)
 
     @abstractmethod
     async def solve(self, ctx: Context) -> Outcome:

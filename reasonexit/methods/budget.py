@@ -54,6 +54,7 @@ class Budget(Method):
 
     name = "budget"
     Params = BudgetParams
+    needs_thinking = True
 
     def step_rules(self) -> tuple[str, ...]:
         """reasonexit's own budget rule, when asked for."""

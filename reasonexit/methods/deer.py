@@ -162,6 +162,7 @@ class Deer(Method):
 
     name = "deer"
     Params = DeerParams
+    needs_thinking = True
 
     def __init__(self, params: DeerParams | None = None) -> None:
         super().__init__(params)

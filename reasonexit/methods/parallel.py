@@ -23,9 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..answers import extract_answer, grade, normalize_answer
+from ..answers import extract_answer, normalize_answer
 from ..engine import EngineSession, Usage
 from ..errors import UserError
+from ..grading import agrade
 from ..thinking import split_completion
 from .base import Context, Method, Outcome
 
@@ -186,7 +187,9 @@ async def race(
             errors = [b.task.exception() for b in batch if b.task is not None and not b.task.cancelled()]
             failed = next((e for e in errors if e is not None), None)
             if failed is not None:
-                raise failed  # a failed branch fails the problem (the finally cancels the rest)
+                # A failed branch fails its problem only: the finally cancels this problem's other
+                # branches, and the runner turns the exception into the problem's error row.
+                raise failed
             for b in batch:
                 assert b.task is not None
                 b.outcome = b.task.result()
@@ -197,8 +200,6 @@ async def race(
                 b.wakeup, b.time_s = wakeup, now
                 b.status = FINISHED if b.outcome.finished else LENGTH
                 b.answer = completion_answer(ctx.session, b.outcome.token_ids, ctx.kind)
-                if ctx.gold is not None:
-                    b.correct = grade(b.answer, ctx.gold, ctx.kind)
                 (finished if b.outcome.finished else capped).append(b)
     finally:
         for t in pending:
@@ -208,6 +209,11 @@ async def race(
         now = time.perf_counter() - start
         for b in pending.values():
             b.status, b.time_s = ABORTED, now
+    if ctx.gold is not None:
+        # A record only (pass@n), graded once the race is decided (so grading never delays the
+        # cancellation of the losers) and off the engine loop (math_verify runs in a worker).
+        for b in finished + capped:
+            b.correct = await agrade(b.answer, ctx.gold, ctx.kind)
     return branches, (finished + capped)[:k]
 
 

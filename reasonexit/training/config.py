@@ -182,9 +182,78 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str, source: str) 
 
 
 def _grpo_config_fields() -> set[str]:
+    return set(_grpo_config_types())
+
+
+def _grpo_config_types() -> dict[str, Any]:
+    """GRPOConfig field name -> its annotated type (resolved)."""
+    import typing
+
     from trl import GRPOConfig
 
-    return {f.name for f in dataclasses.fields(GRPOConfig)}
+    try:
+        hints = typing.get_type_hints(GRPOConfig)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: fall back to the raw ones
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(GRPOConfig)}
+
+
+#: Values TRL accepts beyond a field's annotation (it converts them in ``__post_init__``).
+_ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"scale_rewards": (bool,)}
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether a YAML value fits an annotated type, and the value to use.
+
+    A float field also takes a numeric string (PyYAML reads ``1e-6`` as a string) and an int.
+    Types it cannot judge (``Any``, classes other than the basic ones) accept the value.
+    """
+    import enum
+    import types
+    import typing
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None) or tp is None:
+        return value is None, value
+    if tp is typing.Any:
+        return True, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if origin in (list, tuple) or tp in (list, tuple):
+        return isinstance(value, list | tuple), value
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int | float):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return value in {m.value for m in tp} or value in tp.__members__, value
+    return True, value
+
+
+def _type_name(tp: Any) -> str:
+    name = getattr(tp, "__name__", None)
+    return name if name and not getattr(tp, "__args__", None) else str(tp).replace("typing.", "")
 
 
 def validate(recipe: TrainRecipe) -> TrainRecipe:
@@ -228,12 +297,18 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
     if recipe.grpo.num_generations < 2:
         raise UserError(f"{src}: 'grpo.num_generations' must be >= 2")
 
-    known = _grpo_config_fields()
-    for key in recipe.training:
+    types_ = _grpo_config_types()
+    for key, value in list(recipe.training.items()):
         if key in _OWNED_TRAINING_KEYS:
             raise UserError(f"{src}: 'training.{key}' is set by {_OWNED_TRAINING_KEYS[key]}, not in training")
-        if key not in known:
+        if key not in types_:
             raise UserError(f"{src}: unknown key 'training.{key}' (not a trl.GRPOConfig field)")
+        if isinstance(value, _ALSO_ACCEPTED.get(key, ())):
+            continue
+        ok, converted = _coerce(value, types_[key])
+        if not ok:
+            raise UserError(f"{src}: 'training.{key}' must be {_type_name(types_[key])}, got {value!r}")
+        recipe.training[key] = converted
     t = recipe.training
     if recipe.method == "sgrpo":
         scale = t.get("scale_rewards", "none")
@@ -264,13 +339,30 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
     return recipe
 
 
-def recipe_from_dict(data: Any, source: str = "<recipe>") -> TrainRecipe:
-    """Build and validate a recipe from a parsed YAML mapping."""
+def recipe_from_dict(
+    data: Any, source: str = "<recipe>", base_dir: str | os.PathLike[str] | None = None
+) -> TrainRecipe:
+    """Build and validate a recipe from a parsed YAML mapping.
+
+    With ``base_dir`` (the recipe file's directory), a relative local ``model`` path is taken
+    relative to it, so a recipe works from any working directory.
+    """
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
     recipe = _fill(TrainRecipe, data, "", source)
     recipe.source = source
+    if base_dir is not None and isinstance(recipe.model, str) and recipe.model:
+        local = Path(base_dir) / Path(recipe.model).expanduser()
+        if _is_relative_local_path(recipe.model) or local.exists():
+            recipe.model = str(local.resolve())
     return validate(recipe)
+
+
+def _is_relative_local_path(name: str) -> bool:
+    """A relative path of a local model: not absolute, not ``~``, and not a hub name (``org/model``)."""
+    if not name or name.startswith(("/", "~")):
+        return False
+    return name.startswith(".") or name.count("/") != 1
 
 
 def load_recipe(path: str | os.PathLike[str], method: str | None = None) -> TrainRecipe:
@@ -296,4 +388,4 @@ def load_recipe(path: str | os.PathLike[str], method: str | None = None) -> Trai
         if given is not None and given != method:
             raise UserError(f"{p}: recipe is for method {given!r}, but 'reasonexit train {method}' was run")
         data = {**data, "method": method}
-    return recipe_from_dict(data, str(p))
+    return recipe_from_dict(data, str(p), base_dir=p.resolve().parent)
