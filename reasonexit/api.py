@@ -175,9 +175,13 @@ def generate(
     return sess.run(coro)
 
 
-def run_signature(model: str, dataset: str, method: Method, decoding: Decoding) -> dict[str, Any]:
+def run_signature(
+    model: str, dataset: str, method: Method, decoding: Decoding, samples: int = 1
+) -> dict[str, Any]:
     """What must match for a run file to be resumed."""
     return {
+        # only when several, so single-sample run files written before --samples existed still resume
+        **({"samples": samples} if samples > 1 else {}),
         "model": model,
         "dataset": dataset,
         "method": method.name,
@@ -187,6 +191,8 @@ def run_signature(model: str, dataset: str, method: Method, decoding: Decoding) 
             "top_p": decoding.top_p,
             "max_tokens": decoding.max_tokens,
             "seed": decoding.seed,
+            # only when set, so run files written before top_k existed still resume
+            **({"top_k": decoding.top_k} if decoding.top_k != -1 else {}),
         },
     }
 
@@ -218,8 +224,13 @@ def evaluate(
     max_in_flight: int = 256,
     progress: bool = True,
     fail_fast: bool = False,
+    samples: int = 1,
 ) -> EvalRun:
     """Solve dataset problems, appending one row a problem to ``out`` as each finishes.
+
+    With ``samples`` K > 1 each problem is solved K times (sample ``k`` has its own seed); each
+    sample is a row of its own (id ``<problem id>#<k>``, with ``problem_id`` and ``sample``), so a
+    resume redoes only the samples that are missing.
 
     Problems whose newest row in ``out`` is a result are skipped (resume); problems whose newest
     row is an error are run again. A problem whose controller fails gets an error row and the
@@ -239,10 +250,14 @@ def evaluate(
                 "choose another --out"
             )
     jobs = []
+    sample_of: dict[str, tuple[str, int]] = {}
     for p in problems:
         ids = session.chat_prompt_ids(p.prompt)
         session.check_prompt(ids, f"problem {p.id}")
-        jobs.append(Job(id=p.id, prompt_ids=ids, gold=p.gold, kind=p.kind, problem=p.problem))
+        for k in range(samples):
+            jid = p.id if samples == 1 else f"{p.id}#{k}"
+            sample_of[jid] = (p.id, k)
+            jobs.append(Job(id=jid, prompt_ids=ids, gold=p.gold, kind=p.kind, problem=p.problem))
     done = done_ids(existing)
     index = {j.id: i for i, j in enumerate(jobs)}
     todo = [j for j in jobs if j.id not in done]
@@ -254,6 +269,8 @@ def evaluate(
 
     def on_result(res: Result) -> None:
         row = {**res.to_row(), "run": signature}
+        if samples > 1:
+            row["problem_id"], row["sample"] = sample_of[str(row["id"])]
         writer.write(row)
         latest[str(row["id"])] = row
         new_rows.append(row)

@@ -13,64 +13,48 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import Interrupted, RunStopped, UserError
+
+if TYPE_CHECKING:
+    from .engine import EngineConfig
+    from .eval_options import EvalOptions
+    from .methods.base import Decoding
 
 EXIT_USER_ERROR = 2
 
 
-def _eval_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The ``eval`` parser, generated from the option declarations (:mod:`reasonexit.options`).
+
+    ``method_help`` names methods whose options are listed in ``--help`` (the method given with
+    ``--method`` and any ``--inner`` one); method options themselves are parsed by the method.
+    """
+    from .engine import EngineConfig
+    from .eval_options import EvalOptions
+    from .methods.base import Decoding, method_class
+    from .options import add_arguments
+
     p = sub.add_parser(
         "eval",
-        # no abbreviations: method options (--n, --k, ...) must not be read as engine options
+        # no abbreviations: method options (--n, --k, ...) must not be read as other options
         allow_abbrev=False,
         help="evaluate a method on a dataset",
         description=(
             "Evaluate a method on a dataset. Method options follow as --name value "
-            "(e.g. --method budget --max-thinking-tokens 256). Defaults: the bundled tiny reasoning "
-            "model and the synthetic set, offline on CPU."
+            "(e.g. --method budget --max-thinking-tokens 256); `reasonexit eval --method NAME --help` "
+            "lists them. Defaults: the bundled tiny reasoning model and the synthetic set, offline on CPU."
         ),
     )
-    p.add_argument("--model", default=None, help="local model directory or hub name (default: bundled tiny model)")
-    p.add_argument("--tokenizer", default=None, help="tokenizer, if not the model's")
-    p.add_argument("--dataset", default="synthetic", help="dataset name or a local .jsonl/.json/.parquet file")
-    p.add_argument("--dataset-format", default=None, help="named dataset whose column mapping a local file uses")
-    p.add_argument("--split", default=None, help="dataset split (hub datasets)")
-    p.add_argument("--problem-field", default=None)
-    p.add_argument("--answer-field", default=None)
-    p.add_argument("--id-field", default=None)
-    p.add_argument("--difficulty", type=int, default=None, help="synthetic set: only this difficulty")
-    p.add_argument("--data-seed", type=int, default=0, help="synthetic set: generator seed")
-    p.add_argument("--method", default="vanilla", help="method name (see `reasonexit methods`)")
-    p.add_argument("--limit", type=int, default=None, help="first N problems only")
-    p.add_argument("--out", default=None, help="result file (jsonl); re-running with the same file resumes")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=2048, help="cap on generated tokens per problem")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-in-flight", type=int, default=256, help="problems in flight at once")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--kv-cache-gib", type=float, default=None, help="KV-cache size in GiB")
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
-    p.add_argument("--data-parallel-size", type=int, default=1)
-    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--max-num-seqs", type=int, default=1024, help="sequences the engine decodes at once")
-    p.add_argument("--block-size", type=int, default=None, help="KV block size (default: vLLM's on GPU, 32 on CPU)")
-    p.add_argument("--think-start", default=None, help="override the thinking start marker")
-    p.add_argument("--think-end", default=None, help="override the thinking end marker")
-    p.add_argument("--no-thinking", action="store_true", help="treat the model as a non-reasoning model")
-    p.add_argument(
-        "--reasoning-parser", default=None, help="thinking markers from this vLLM reasoning parser (e.g. qwen3)"
-    )
-    p.add_argument("--plot", default=None, help="also write an accuracy-vs-tokens PNG here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or engine logs")
-    p.add_argument("--verbose", action="store_true", help="show vLLM's own logs (quiet by default)")
-    p.add_argument(
-        "--fail-fast",
-        action="store_true",
-        help="stop the run at the first problem that fails (default: record an error row and go on)",
-    )
+    add_arguments(p.add_argument_group("run"), EvalOptions)
+    add_arguments(p.add_argument_group("decoding"), Decoding)
+    # the engine's seed is the decoding seed (--seed)
+    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    for name in method_help:
+        cls = method_class(name)
+        group = p.add_argument_group(f"method {name} ({(cls.__doc__ or '').strip().splitlines()[0]})")
+        add_arguments(group, cls.Params, dest_prefix=f"method.{name}.")
     return p
 
 
@@ -81,15 +65,17 @@ def _report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``reasonexit`` command."""
+def build_parser(method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The argument parser of the ``reasonexit`` command (``method_help``: methods whose options
+    ``eval --help`` lists)."""
     parser = argparse.ArgumentParser(
         prog="reasonexit", description="Stop reasoning models from overthinking.", allow_abbrev=False
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    _eval_parser(sub)
+    _eval_parser(sub, method_help)
     _report_parser(sub)
-    sub.add_parser("methods", help="list methods and their options")
+    methods = sub.add_parser("methods", help="list methods, or one method's options with their help")
+    methods.add_argument("name", nargs="?", help="a method name")
     sub.add_parser("train", help="training jobs: `reasonexit train sgrpo --config rl/<recipe>.yaml`", add_help=False)
     return parser
 
@@ -137,36 +123,57 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _check_engine_options(args: argparse.Namespace, model: str) -> None:
+def _check_engine_options(config: EngineConfig) -> None:
     """Engine settings checked before anything starts (the engine would find them 40-60 s later)."""
     import typing
 
     from vllm.config.model import ModelDType
 
     dtypes = [d for d in typing.get_args(ModelDType) if isinstance(d, str)]
-    if args.dtype not in dtypes:
-        raise UserError(f"--dtype {args.dtype!r} is not a dtype vLLM knows; choose from: {', '.join(dtypes)}")
+    if config.dtype not in dtypes:
+        raise UserError(f"--dtype {config.dtype!r} is not a dtype vLLM knows; choose from: {', '.join(dtypes)}")
     for name, value, low in (
-        ("--max-in-flight", args.max_in_flight, 1),
-        ("--max-num-seqs", args.max_num_seqs, 1),
-        ("--tensor-parallel-size", args.tensor_parallel_size, 1),
-        ("--data-parallel-size", args.data_parallel_size, 1),
-        ("--block-size", args.block_size, 1),
-        ("--max-model-len", args.max_model_len, 1),
+        ("--max-num-seqs", config.max_num_seqs, 1),
+        ("--tensor-parallel-size", config.tensor_parallel_size, 1),
+        ("--data-parallel-size", config.data_parallel_size, 1),
+        ("--block-size", config.block_size, 1),
+        ("--max-model-len", config.max_model_len, 1),
     ):
         if value is not None and value < low:
             raise UserError(f"{name} must be >= {low}, got {value}")
-    if args.kv_cache_gib is not None and not args.kv_cache_gib > 0:
-        raise UserError(f"--kv-cache-gib must be > 0, got {args.kv_cache_gib}")
-    if args.max_model_len is not None and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
-        from .engine import EngineConfig, _config_context_length
+    if config.kv_cache_gib is not None and not config.kv_cache_gib > 0:
+        raise UserError(f"--kv-cache-gib must be > 0, got {config.kv_cache_gib}")
+    if not 0 < config.gpu_memory_utilization <= 1:
+        raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {config.gpu_memory_utilization}")
+    if config.max_model_len is not None and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
+        from .engine import _config_context_length
 
-        limit = _config_context_length(EngineConfig(model=model))
-        if args.max_model_len > limit:
+        limit = _config_context_length(config)
+        if config.max_model_len > limit:
             raise UserError(
-                f"--max-model-len {args.max_model_len} is longer than the model's context of {limit} tokens "
+                f"--max-model-len {config.max_model_len} is longer than the model's context of {limit} tokens "
                 "(its config.json)"
             )
+
+
+def _eval_settings(args: argparse.Namespace) -> tuple[EvalOptions, Decoding, EngineConfig]:
+    """The run, decoding and engine settings from the parsed flags (converted by their declarations).
+
+    A ``--preset`` fills in the decoding settings of its model family; flags given explicitly win.
+    """
+    from .engine import EngineConfig
+    from .eval_options import PRESETS, EvalOptions
+    from .methods.base import Decoding
+    from .options import collect
+
+    values = vars(args)
+    run = EvalOptions(**collect(EvalOptions, values))
+    run.validate()
+    given = collect(Decoding, values)
+    decoding = Decoding(**{**PRESETS.get(run.preset or "", {}), **given})
+    engine_kw = collect(EngineConfig, values, skip=("seed",), dest_prefix="engine.")
+    engine = EngineConfig(**engine_kw, seed=decoding.seed)
+    return run, decoding, engine
 
 
 def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
@@ -177,72 +184,55 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     """
     from .api import check_decoding, default_run_path, evaluate, run_signature
     from .datasets import load_problems
-    from .engine import DEFAULT_MODEL, EngineConfig, get_session
-    from .methods.base import Decoding, make_method
+    from .engine import get_session
+    from .methods.base import make_method
     from .report import markdown_table, plot_accuracy_vs_tokens, summarize
     from .runner import check_run_file
 
-    method = make_method(args.method, _method_options(extra))
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be >= 1")
-    if args.max_tokens < 1:
+    run, decoding, config = _eval_settings(args)
+    method = make_method(run.method, _method_options(extra))
+    if decoding.max_tokens < 1:
         raise UserError("--max-tokens must be >= 1")
-    decoding = Decoding(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
     check_decoding(decoding)
-    model = args.model or DEFAULT_MODEL
-    signature = run_signature(model, args.dataset, method, decoding)
-    out = Path(args.out) if args.out else default_run_path(signature)
+    signature = run_signature(config.model, run.dataset, method, decoding, samples=run.samples)
+    out = Path(run.out) if run.out else default_run_path(signature)
     check_run_file(out)
-    config = EngineConfig(
-        model=model,
-        tokenizer=args.tokenizer,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        kv_cache_gib=args.kv_cache_gib if args.kv_cache_gib is not None else _default_kv(),
-        tensor_parallel_size=args.tensor_parallel_size,
-        data_parallel_size=args.data_parallel_size,
-        enforce_eager=args.enforce_eager,
-        block_size=args.block_size,
-        max_num_seqs=args.max_num_seqs,
-        seed=args.seed,
-        think_start=args.think_start,
-        think_end=args.think_end,
-        no_thinking=args.no_thinking,
-        reasoning_parser=args.reasoning_parser,
-    )
     problems = load_problems(
-        args.dataset,
-        limit=args.limit,
-        split=args.split,
-        problem_field=args.problem_field,
-        answer_field=args.answer_field,
-        id_field=args.id_field,
-        dataset_format=args.dataset_format,
-        synthetic_seed=args.data_seed,
-        synthetic_difficulty=args.difficulty,
+        run.dataset,
+        limit=run.limit,
+        split=run.split,
+        problem_field=run.problem_field,
+        answer_field=run.answer_field,
+        id_field=run.id_field,
+        dataset_format=run.dataset_format,
+        synthetic_seed=run.data_seed,
+        synthetic_difficulty=run.difficulty,
     )
-    _check_engine_options(args, model)
-    if args.no_thinking:
+    _check_engine_options(config)
+    if config.no_thinking:
         method.check_model(has_thinking=False)
     session = get_session(config)  # the tokenizer; the engine starts with the first request
     method.check_model(session.markers.has_thinking)
+    samples = f" x {run.samples} samples" if run.samples > 1 else ""
     print(
-        f"model: {model} ({session.markers.describe()}); {len(problems)} problems; method {method.name}",
+        f"model: {config.model} ({session.markers.describe()}); {len(problems)} problems{samples}; "
+        f"method {method.name}" + (f"; preset {run.preset}" if run.preset else ""),
         file=sys.stderr,
     )
     if session.dtype_note:
         print(session.dtype_note, file=sys.stderr)
     try:
-        run = evaluate(
+        result = evaluate(
             problems,
             method,
             session,
             decoding,
             out,
             signature=signature,
-            max_in_flight=args.max_in_flight,
-            progress=not args.quiet,
-            fail_fast=args.fail_fast,
+            max_in_flight=run.max_in_flight,
+            progress=not run.quiet,
+            fail_fast=run.fail_fast,
+            samples=run.samples,
         )
     except RunStopped as stop:
         if stop.signum is not None or stop.engine_dead:
@@ -256,21 +246,12 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    summary = summarize(run.rows, run=out.stem, wall_s=run.wall_s, timed_rows=run.new_rows)
+    summary = summarize(result.rows, run=out.stem, wall_s=result.wall_s, timed_rows=result.new_rows)
     print(markdown_table([summary]))
     print(f"results: {out}")
-    if args.plot:
-        print(f"plot: {plot_accuracy_vs_tokens([summary], args.plot)}")
+    if run.plot:
+        print(f"plot: {plot_accuracy_vs_tokens([summary], run.plot)}")
     return 0
-
-
-def _default_kv() -> float | None:
-    """A small KV cache on CPU machines unless the user set one."""
-    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-        return None
-    from .engine import _cuda_available
-
-    return None if _cuda_available() else 2.0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -284,24 +265,33 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_methods() -> int:
-    """``reasonexit methods``: list methods with their options and defaults."""
-    import dataclasses
-
+def cmd_methods(name: str | None = None) -> int:
+    """``reasonexit methods [NAME]``: every method with its options, or one method's options with help."""
     from .methods.base import method_class, method_names
+    from .options import describe
 
-    for name in method_names():
-        cls = method_class(name)
-        opts = [
-            f"--{f.name.replace('_', '-')} (default {f.default!r})"
-            for f in dataclasses.fields(cls.Params)
-            if f.default is not dataclasses.MISSING
-        ]
+    for m in [name] if name else method_names():
+        cls = method_class(m)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name}: {doc}")
-        for o in opts:
-            print(f"    {o}")
+        print(f"{m}: {doc}")
+        for line in describe(cls.Params):
+            print(f"    {line}")
     return 0
+
+
+def _methods_to_describe(argv: list[str]) -> tuple[str, ...]:
+    """For ``eval --help``: the ``--method`` (default vanilla) and ``--inner`` names on the line."""
+    if not ({"-h", "--help"} & set(argv)) or argv[:1] != ["eval"]:
+        return ()
+    from .methods.base import method_names
+
+    names = []
+    for flag, default in (("--method", "vanilla"), ("--inner", None)):
+        value = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag), default)
+        value = next((a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")), value)
+        if value in method_names():
+            names.append(value)
+    return tuple(names)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         from .training.cli import main as train_main
 
         return train_main(argv[1:])
-    parser = build_parser()
+    parser = build_parser(_methods_to_describe(argv))
     args, extra = parser.parse_known_args(argv)
-    _route_logs(bool(getattr(args, "quiet", False)))
+    _route_logs(str(getattr(args, "quiet", "false")).lower() in ("1", "true", "yes", "on"))
     try:
         if args.command == "eval":
             return _with_signal_handlers(cmd_eval, args, extra)
@@ -333,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args)
         if args.command == "methods":
-            return cmd_methods()
+            return cmd_methods(args.name)
     except UserError as exc:
         print(f"reasonexit: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

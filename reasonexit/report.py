@@ -80,12 +80,62 @@ def summarize(
         "thinking_tokens": mean("thinking_tokens", 1),
         "latency_s": mean("wall_s", 3),
     }
+    if "problem_id" in ok and "sample" in ok and len(ok):
+        out.update(sample_metrics(ok))
     if wall_s is not None:
         timed = rows if timed_rows is None else list(timed_rows)
         tokens = sum(int(r.get("output_tokens") or 0) for r in timed)
         out["wall_s"] = round(wall_s, 2)
         out["output_tok_per_s"] = round(tokens / wall_s, 1) if wall_s > 0 and timed else float("nan")
     return out
+
+
+def sample_metrics(df: pd.DataFrame) -> dict[str, Any]:
+    """What model cards report for K samples per problem, from result rows with ``problem_id``.
+
+    - ``pass@1``: the mean over problems of each problem's share of correct samples (%), with
+      ``pass@1_se``, its standard error across problems;
+    - ``cons@K``: majority vote over each problem's K answers, answers grouped by math-verify
+      equivalence (ties go to the group whose first sample came first);
+    - ``pass@K``: share of problems with at least one correct sample;
+    - ``overlong``: share of samples that never closed their thinking (%).
+    """
+    import math
+
+    from .answers import grade
+
+    per_problem, pass_k, cons = [], [], []
+    k = 0
+    for _, group in df.sort_values("sample").groupby("problem_id", sort=False):
+        correct = group["correct"].fillna(False).astype(bool).tolist() if "correct" in group else []
+        k = max(k, len(group))
+        per_problem.append(sum(correct) / len(correct) if correct else 0.0)
+        pass_k.append(any(correct))
+        kind = str(group["kind"].iloc[0]) if "kind" in group else "math"
+        clusters: list[list[int]] = []  # indices into the group's rows, grouped by equivalent answers
+        answers = group["answer"].tolist() if "answer" in group else []
+        for i, ans in enumerate(answers):
+            if ans is None or ans == "":
+                continue
+            home = next((c for c in clusters if grade(str(ans), str(answers[c[0]]), kind)), None)
+            if home is None:
+                clusters.append([i])
+            else:
+                home.append(i)
+        best = max(clusters, key=len, default=None)  # max keeps the first of equal-sized groups
+        cons.append(bool(best) and bool(correct[best[0]]))
+    n = len(per_problem)
+    mean = sum(per_problem) / n
+    se = math.sqrt(sum((p - mean) ** 2 for p in per_problem) / (n - 1) / n) if n > 1 else float("nan")
+    closed = df["closed_thinking"].astype(bool) if "closed_thinking" in df else pd.Series(True, index=df.index)
+    return {
+        "samples": k,
+        "pass@1": round(100 * mean, 2),
+        "pass@1_se": round(100 * se, 2),
+        f"cons@{k}": round(100 * sum(cons) / n, 2),
+        f"pass@{k}": round(100 * sum(pass_k) / n, 2),
+        "overlong": round(100 * float((~closed).mean()), 2),
+    }
 
 
 def _short_params(params: Any, method: str = "") -> str:

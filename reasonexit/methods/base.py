@@ -19,17 +19,18 @@ from typing import Any, ClassVar
 from .. import step_rules
 from ..engine import EngineSession, Usage
 from ..errors import UserError
-from ..options import convert
+from ..options import convert, opt
 
 
 @dataclass
 class Decoding:
     """Sampling settings shared by all methods (temperature 0 means greedy)."""
 
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 2048
-    seed: int = 0
+    temperature: float = opt(0.0, help="sampling temperature; 0 means greedy")
+    top_p: float = opt(1.0, help="nucleus sampling: keep the smallest token set with this much probability")
+    max_tokens: int = opt(2048, help="cap on generated tokens per problem (thinking and answer)")
+    seed: int = opt(0, help="seed of the engine and of every sampled request")
+    top_k: int = opt(-1, help="sample from the k most likely tokens only (-1: no limit)")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Context:
         args: dict[str, Any] = dict(
             temperature=dec.temperature,
             top_p=dec.top_p if dec.temperature > 0 else 1.0,
+            top_k=dec.top_k if dec.temperature > 0 else -1,
             max_tokens=self.room(dec.max_tokens),
             seed=self.seed,
             stop_token_ids=self.session.eos_ids,
