@@ -8,7 +8,6 @@ printed by the scripts in ``scripts/`` compare like with like.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ def add_bench_args(ap: argparse.ArgumentParser, limit: int = 300) -> None:
     ap.add_argument("--dataset", default="synthetic")
     ap.add_argument("--limit", type=int, default=limit, help="problems, all in flight")
     ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--dtype", default="auto", help="auto: float32 for the bundled testbed (see EngineConfig.dtype)")
 
 
 def open_bench(
@@ -87,12 +86,11 @@ def open_bench(
 ) -> tuple[EngineSession, list[Job], Decoding]:
     """Start the shared engine for a benchmark and return it with its jobs and greedy decoding settings.
 
-    ``seed`` is the engine's and the decoding's seed. Sets a 2 GiB CPU KV cache unless
-    ``VLLM_CPU_KVCACHE_SPACE`` is set, loads ``args.limit``
+    ``seed`` is the engine's and the decoding's seed (the engine's other settings are its
+    defaults, as for the CLI and the API). Loads ``args.limit``
     problems of ``args.dataset`` and runs the warm-up passes (:func:`warm_up`, with ``warm_methods``)
     so the first configuration measured does not pay for start-up effects.
     """
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from .datasets import load_problems
     from .engine import DEFAULT_MODEL, EngineConfig, get_session
 

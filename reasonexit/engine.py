@@ -334,11 +334,7 @@ class EngineSession:
             if cfg.kv_cache_gib is not None:
                 args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
         else:
-            # The CPU backend reads its KV-cache size (whole GiB) from the environment. Without one,
-            # it sizes the cache from a share of the node's memory and refuses to start when less is
-            # free, so a small cache is the default here (the user's setting wins).
-            kv = cfg.kv_cache_gib if cfg.kv_cache_gib is not None else os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 2
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(float(kv))))
+            set_cpu_kv_cache(cfg.kv_cache_gib)
             # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
             # sampling request's prompt is split across steps by chunked prefill; every sampled
             # request here carries a seed, so prefill whole prompts on CPU.
@@ -659,6 +655,22 @@ def check_main_guard() -> None:
         f"{Path(main_file).name}:{line} starts the vLLM engine at the top level of the script; vLLM's engine "
         'process re-imports the script, so put that code under `if __name__ == "__main__":`'
     )
+
+
+#: KV-cache size (GiB) of a CPU engine when neither the config nor the environment sets one.
+CPU_KV_CACHE_GIB = 2
+
+
+def set_cpu_kv_cache(gib: float | None, default: float = CPU_KV_CACHE_GIB) -> None:
+    """Size the KV cache of a CPU engine about to start (every engine reasonexit starts on CPU).
+
+    vLLM's CPU backend reads the size (whole GiB) from ``VLLM_CPU_KVCACHE_SPACE``. Without it, it
+    asks for a share of the node's memory and refuses to start when less is free (the failure the
+    README's API example met), so a small cache is the default. ``gib`` wins, then a value already
+    in the environment, then ``default``.
+    """
+    value = gib if gib is not None else os.environ.get("VLLM_CPU_KVCACHE_SPACE") or default
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(float(value))))
 
 
 def cpu_has_native_bf16() -> bool:

@@ -15,7 +15,6 @@ is exercised there on CPU (the V1 runner); the test suite runs it that way.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
@@ -33,7 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tensor-parallel-size", type=int, default=1)
     args = ap.parse_args(argv)
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from reasonexit.bench import jobs_for
     from reasonexit.datasets import load_problems
     from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session

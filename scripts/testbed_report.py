@@ -11,7 +11,6 @@ thinking tokens after that point), mean thinking and answer tokens, and decode t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import defaultdict
@@ -26,7 +25,6 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=1024)
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
     from reasonexit.bench import jobs_for
     from reasonexit.datasets import load_problems

@@ -182,8 +182,11 @@ class LocalVLLMGenerate:
             import os
 
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights reachable
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
             from vllm import LLM
+
+            from ..engine import set_cpu_kv_cache
+
+            set_cpu_kv_cache(None, default=1)  # the rollout engine sits beside the policy being trained
 
             self.llm = LLM(
                 model=self.model,
