@@ -56,8 +56,8 @@ def test_threshold_zero_exits_at_first_transition(session, vanilla):
 
 
 def test_sequential_and_parallel_agree(session):
-    par = generate(PROMPTS, "deer", session=session, max_tokens=MAX)
-    seq = generate(PROMPTS, "deer", session=session, max_tokens=MAX, sequential=True)
+    par = generate(PROMPTS, "deer", session=session, max_tokens=MAX, mode="parallel")
+    seq = generate(PROMPTS, "deer", session=session, max_tokens=MAX, mode="sequential")
     agree = sum(
         a.info["exit_pos"] == b.info["exit_pos"] and a.answer == b.answer for a, b in zip(par, seq, strict=True)
     )

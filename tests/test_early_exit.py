@@ -27,9 +27,38 @@ def reference_jobs(session):
 def test_deer_reproduces_recorded_decisions(session, reference_jobs, setting, mode):
     """Exit position, exit reason and answer on 128 problems equal the recorded pre-controller DEER."""
     entry = REFERENCE["settings"][setting]
-    method = make_method("deer", {**entry["options"], "sequential": mode == "sequential"})
+    method = make_method("deer", {**entry["options"], "mode": mode})
     dec = Decoding(max_tokens=entry["max_tokens"], seed=0)
     results = session.run(solve_all(session, method, reference_jobs, dec, 1024))
     got = [[r.info.get("exit_pos"), r.exit_reason, r.answer] for r in results]
     diff = [(j.id, w, g) for j, w, g in zip(reference_jobs, entry[mode], got, strict=True) if w != g]
     assert not diff, f"{len(diff)}/{len(got)} differ, first: {diff[:3]}"
+
+
+def test_thinking_tracker_follows_markers():
+    from reasonexit.thinking import ThinkingTracker
+
+    t = ThinkingTracker([7], [8, 9], opened=False)
+    t.feed_many([1, 2])
+    assert not t.in_thinking and t.think_from is None and t.thinking_tokens == 0
+    t.feed(7)
+    assert t.in_thinking and t.think_from == 3 and t.thinking_tokens == 0
+    t.feed_many([4, 5, 8])  # a partly written end marker is still thinking
+    assert t.in_thinking and t.thinking_tokens == 3
+    t.feed(9)
+    assert t.closed and not t.in_thinking and t.thinking_tokens == 2
+    t.feed_many([8, 9, 7])  # nothing after the close changes the span
+    assert t.thinking_tokens == 2 and t.n == 10
+    opened = ThinkingTracker([7], [8], opened=True)
+    opened.feed_many([1, 8, 1])
+    assert opened.think_from == 0 and opened.closed and opened.thinking_tokens == 1
+
+
+def test_exit_reasons_are_the_row_strings():
+    import json
+
+    from reasonexit.methods.early_exit import ExitReason
+
+    assert [r.value for r in ExitReason] == ["confident", "budget", "eos", "length"]
+    assert json.dumps({"r": ExitReason.BUDGET}) == '{"r": "budget"}'
+    assert ExitReason.from_finish("stop") == "eos" and ExitReason.from_finish("length") == "length"

@@ -7,26 +7,27 @@ confidence is the mean (or min, or geometric mean) probability of the trial-answ
 reaches the threshold, thinking is closed right there (``\\n</think>\\n\\n`` from the model's own
 markers) and the model writes its final answer; otherwise thinking goes on.
 
-Speed: the probe shares the trace through vLLM's prefix cache, and by default the main trace
-keeps decoding while its probe runs (branch-parallel); an exit aborts it. Decisions are still
-taken in trace order (the first confident transition wins), so under greedy decoding the
-branch-parallel and ``sequential`` (pause-while-probing, the paper's semantics) modes make the
-same exits. Compute tokens count the probes and every main-trace token decoded past the exit.
+DEER runs on the shared early-exit controller (:mod:`reasonexit.methods.early_exit`): its
+transition matcher is the controller's ``boundary`` hook, its probe and acceptance rule the
+``judge`` hook. The probe shares the trace through vLLM's prefix cache. In ``parallel`` mode the
+main trace keeps decoding while its probe runs and an exit aborts it; in ``sequential`` mode (the
+paper's semantics) it pauses; ``auto`` picks sequential on CPU and parallel on GPU. Decisions are
+taken in trace order (the first confident transition wins), so under greedy decoding both modes
+make the same exits. Compute tokens count the probes and every main-trace token decoded past the exit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..engine import EngineSession
 from ..errors import UserError
 from ..thinking import find_subsequence
-from .base import Context, Method, Outcome, register
+from .base import Context, register
+from .early_exit import EarlyExitMethod, ExitHooks, ExitLimits, Mode, Verdict, validate_limits
 
 DEFAULT_INDUCER = "\n**Final Answer**\n\\boxed{"
 DEFAULT_CHOICE_INDUCER = "\n**Final Answer**\nThe correct option is \\boxed{"
@@ -34,46 +35,55 @@ DEFAULT_CHOICE_INDUCER = "\n**Final Answer**\nThe correct option is \\boxed{"
 
 @dataclass
 class DeerParams:
-    """Parameters of DEER.
+    """Parameters of DEER (each field's ``help`` is its documentation)."""
 
-    - ``threshold``: exit when the trial answer's confidence is at least this (above 1: never).
-    - ``confidence``: ``mean``, ``min`` or ``gmean`` of the trial-answer token probabilities.
-    - ``transitions``: words that mark transition points (comma-separated on the command line).
-    - ``paragraph_breaks``: also probe at every paragraph break in the thinking.
-    - ``inducer`` / ``choice_inducer``: text that makes the model state its answer (math / choice sets).
-    - ``probe_tokens``: at most this many tokens of trial answer.
-    - ``require_closed``: a probe counts only if it closes its box.
-    - ``require_end_think``: a probe counts only if the model, after its boxed answer, ends thinking
-      within ``end_think_tokens`` tokens (a check for over-confident models).
-    - ``max_probes``: probes per problem at most.
-    - ``budget_ratio``: exit regardless once thinking reaches this fraction of ``max_tokens``
-      (1: no budget but the token limit).
-    - ``sequential``: pause the trace while a probe runs (the paper's semantics) instead of
-      decoding on in parallel.
-    """
-
-    threshold: float = 0.95
-    confidence: Literal["mean", "min", "gmean"] = "mean"
-    transitions: tuple[str, ...] = ("Wait",)
-    paragraph_breaks: bool = False
-    inducer: str = DEFAULT_INDUCER
-    choice_inducer: str = DEFAULT_CHOICE_INDUCER
-    probe_tokens: int = 20
-    require_closed: bool = False
-    require_end_think: bool = False
-    end_think_tokens: int = 8
-    max_probes: int = 64
-    budget_ratio: float = 0.9
-    sequential: bool = False
+    threshold: float = field(
+        default=0.95, metadata={"help": "exit when the trial answer's confidence is at least this (above 1: never)"}
+    )
+    confidence: Literal["mean", "min", "gmean"] = field(
+        default="mean", metadata={"help": "mean, min or geometric mean of the trial-answer token probabilities"}
+    )
+    transitions: tuple[str, ...] = field(
+        default=("Wait",), metadata={"help": "words that mark transition points (comma-separated)"}
+    )
+    paragraph_breaks: bool = field(
+        default=False, metadata={"help": "also probe at every paragraph break in the thinking"}
+    )
+    inducer: str = field(
+        default=DEFAULT_INDUCER, metadata={"help": "text that makes the model state its answer (math)"}
+    )
+    choice_inducer: str = field(
+        default=DEFAULT_CHOICE_INDUCER, metadata={"help": "text that makes the model state its answer (choice sets)"}
+    )
+    probe_tokens: int = field(default=20, metadata={"help": "at most this many tokens of trial answer"})
+    require_closed: bool = field(default=False, metadata={"help": "a probe counts only if it closes its box"})
+    require_end_think: bool = field(
+        default=False,
+        metadata={
+            "help": "a probe counts only if, after its boxed answer, the model ends thinking within --end-think-tokens"
+        },
+    )
+    end_think_tokens: int = field(default=8, metadata={"help": "tokens allowed after the box for --require-end-think"})
+    max_probes: int = field(default=64, metadata={"help": "probes per problem at most"})
+    budget_ratio: float = field(
+        default=0.9,
+        metadata={"help": "exit regardless once thinking reaches this fraction of max_tokens (1: no budget)"},
+    )
+    mode: Mode = field(
+        default="auto",
+        metadata={
+            "help": "sequential (pause while probing), parallel (decode on while probing) "
+            "or auto (sequential on CPU, parallel on GPU)"
+        },
+    )
 
     def validate(self) -> None:
         """Reject out-of-range values."""
         if self.threshold < 0:
             raise UserError("--threshold must be >= 0")
-        if self.probe_tokens < 1 or self.max_probes < 0 or self.end_think_tokens < 1:
-            raise UserError("--probe-tokens and --end-think-tokens must be >= 1, --max-probes >= 0")
-        if not 0 < self.budget_ratio <= 1:
-            raise UserError("--budget-ratio must be in (0, 1]")
+        if self.probe_tokens < 1 or self.end_think_tokens < 1:
+            raise UserError("--probe-tokens and --end-think-tokens must be >= 1")
+        validate_limits(self.max_probes, self.budget_ratio, "--max-probes")
         if not self.transitions and not self.paragraph_breaks:
             raise UserError("give --transitions or --paragraph-breaks: DEER needs transition points")
 
@@ -157,7 +167,7 @@ class TransitionMatcher:
 
 
 @register
-class Deer(Method):
+class Deer(EarlyExitMethod):
     """Exit thinking at a transition point once a trial answer is confident (DEER)."""
 
     name = "deer"
@@ -173,12 +183,20 @@ class Deer(Method):
             self._matchers[key] = TransitionMatcher(session, self.params.transitions, self.params.paragraph_breaks)
         return self._matchers[key]
 
+    def hooks(self, ctx: Context) -> ExitHooks:
+        """The transition matcher as the boundary, a probe and its acceptance rule as the judge."""
+        return _DeerHooks(self, self._matcher(ctx.session))
+
+    def limits(self) -> ExitLimits:
+        """DEER's probe limit and thinking budget for the shared controller."""
+        p = self.params
+        return ExitLimits(max_checks=p.max_probes, budget_ratio=p.budget_ratio, mode=p.mode, records_key="probes")
+
     # ------------------------------------------------------------------ probe
     async def _probe(self, ctx: Context, trace: list[int], cut: int, think_from: int) -> Probe:
         """Ask for a trial answer after ``trace[:cut]`` and score it."""
         p, session = self.params, ctx.session
-        inducer = p.choice_inducer if ctx.kind == "choice" else p.inducer
-        prompt = [*ctx.prompt_ids, *trace[:cut], *session.encode(inducer)]
+        prompt = [*ctx.prompt_ids, *trace[:cut], *session.encode(self._inducer(ctx))]
         extra = p.end_think_tokens if p.require_end_think else 0
         params = ctx.sampling(
             temperature=0.0,
@@ -244,6 +262,9 @@ class Deer(Method):
             tokens=len(ids),
         )
 
+    def _inducer(self, ctx: Context) -> str:
+        return self.params.choice_inducer if ctx.kind == "choice" else self.params.inducer
+
     def _accepts(self, probe: Probe) -> bool:
         p = self.params
         if p.require_closed and not probe.closed:
@@ -252,124 +273,27 @@ class Deer(Method):
             return False
         return probe.confidence >= p.threshold
 
-    # ------------------------------------------------------------------ controller
-    async def solve(self, ctx: Context) -> Outcome:
-        """Decode the trace, probe at transitions, and exit at the first confident one."""
-        p, session = self.params, ctx.session
-        markers = session.markers
-        if not markers.has_thinking:
-            raise UserError("method deer needs a reasoning model: this model has no thinking span")
-        matcher = self._matcher(session)
-        max_tokens = ctx.decoding.max_tokens
-        # budget_ratio 1 means no thinking budget beyond the token limit itself.
-        budget = max(1, int(p.budget_ratio * max_tokens)) if p.budget_ratio < 1 else None
 
-        trace: list[int] = []
-        think_from: int | None = 0 if markers.opened_by_template else None
-        think_closed = False
-        pending: deque[tuple[int, asyncio.Task[Probe]]] = deque()
-        probes: list[Probe] = []
-        launched = 0
-        exit_cut: int | None = None
-        exit_reason = ""
-        main_finish: str | None = None
-        segment = 0
+class _DeerHooks:
+    """DEER's hooks for one problem."""
 
-        async def settle(block: bool) -> int | None:
-            """Resolve probes in trace order; return the cut of the first confident one."""
-            while pending and (block or pending[0][1].done()):
-                _, task = pending.popleft()
-                probe = await task
-                probes.append(probe)
-                if self._accepts(probe):
-                    return probe.cut
-            return None
+    def __init__(self, method: Deer, matcher: TransitionMatcher) -> None:
+        self.method = method
+        self.matcher = matcher
+        self.think_from = 0
 
-        try:
-            while exit_cut is None and main_finish is None:
-                room = ctx.room(max_tokens, len(trace))
-                # A resumed segment (sequential mode) gets its own seed so sampling does not repeat itself.
-                params = ctx.sampling(max_tokens=room, seed=ctx.seed + segment)
-                paused_at: int | None = None
-                async with contextlib.aclosing(
-                    session.stream([*ctx.prompt_ids, *trace], params, ctx.usage, ctx.request_id(f"main{segment}"))
-                ) as st:
-                    segment += 1
-                    async for d in st:
-                        for tok in d.token_ids:
-                            trace.append(tok)
-                            if think_from is None:
-                                if tuple(trace[-len(markers.start_ids) :]) == markers.start_ids:
-                                    think_from = len(trace)
-                                continue
-                            if think_closed:
-                                continue
-                            if tuple(trace[-len(markers.end_ids) :]) == markers.end_ids:
-                                think_closed = True
-                                continue
-                            if budget is not None and len(trace) - think_from >= budget:
-                                paused_at = -1
-                                break
-                            cut = matcher.match(trace, think_from) if launched < p.max_probes else None
-                            if cut is not None:
-                                launched += 1
-                                task = asyncio.ensure_future(self._probe(ctx, trace, cut, think_from))
-                                pending.append((cut, task))
-                                if p.sequential:
-                                    paused_at = len(trace)
-                                    break
-                        if paused_at is not None:
-                            break
-                        exit_cut = await settle(block=False)
-                        if exit_cut is not None:
-                            exit_reason = "confident"
-                            break
-                        if d.finish_reason is not None:
-                            main_finish = d.finish_reason
-                if exit_cut is not None:
-                    break
-                if paused_at == -1:  # thinking budget spent
-                    exit_cut = await settle(block=True)
-                    exit_reason = "confident" if exit_cut is not None else "budget"
-                    if exit_cut is None:
-                        exit_cut = len(trace)
-                    break
-                if paused_at is not None:  # sequential: drop what streamed past the pause, probe, resume
-                    del trace[paused_at:]
-                    exit_cut = await settle(block=True)
-                    if exit_cut is not None:
-                        exit_reason = "confident"
-                    continue
-                # the main trace finished: earlier probes may still call an exit
-                exit_cut = await settle(block=True)
-                if exit_cut is not None:
-                    exit_reason = "confident"
-        finally:
-            for _, task in pending:
-                task.cancel()
-            for _, task in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+    def boundary(self, trace: list[int], think_from: int) -> int | None:
+        """A transition point (before the word) or a paragraph break (after it)."""
+        self.think_from = think_from
+        return self.matcher.match(trace, think_from)
 
-        info: dict[str, Any] = {
-            "probes": [pr.record() for pr in probes],
-            "mode": "sequential" if p.sequential else "parallel",
-        }
-        if exit_cut is None:
-            reason = "eos" if main_finish == "stop" else (main_finish or "unknown")
-            info["exit_pos"] = None
-            return Outcome(trace, reason, info=info, finished=main_finish == "stop")
-
-        # Close thinking after the probed prefix and let the model write its answer.
-        close_ids = session.encode("\n" + (markers.end or "") + "\n\n")
-        head = [*trace[:exit_cut], *close_ids]
-        info["exit_pos"] = exit_cut - (think_from or 0)
-        info["discarded_tokens"] = len(trace) - exit_cut
-        answer = await session.complete(
-            [*ctx.prompt_ids, *head],
-            # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
-            ctx.sampling(max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000),
-            ctx.usage,
-            ctx.request_id("answer"),
+    async def judge(self, ctx: Context, trace: list[int], cut: int) -> Verdict:
+        """Probe a trial answer after ``trace[:cut]`` and apply the acceptance rule."""
+        prompt_len = len(ctx.prompt_ids) + cut
+        probe = await self.method._probe(ctx, trace, cut, self.think_from)
+        return Verdict(
+            exit=self.method._accepts(probe),
+            record=probe.record(),
+            tokens=probe.tokens,
+            prompt_tokens=prompt_len + len(ctx.session.encode(self.method._inducer(ctx))),
         )
-        return Outcome([*head, *answer.token_ids], exit_reason, info=info, finished=answer.finish_reason == "stop")
