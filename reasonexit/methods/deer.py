@@ -14,6 +14,27 @@ main trace keeps decoding while its probe runs and an exit aborts it; in ``seque
 paper's semantics) it pauses; ``auto`` picks sequential on CPU and parallel on GPU. Decisions are
 taken in trace order (the first confident transition wins), so under greedy decoding both modes
 make the same exits. Compute tokens count the probes and every main-trace token decoded past the exit.
+
+``--compat official`` follows the authors' code (iie-ycx/DEER, ``vllm-deer.py``) where it departs
+from reasonexit's defaults. Side by side on 128 testbed problems the two gave the same answers and
+different exit positions on 4; the first two differences below caused them:
+
+1. Confidence tokens: official averages the probabilities of *every probe token after the first*
+   (skipping the model's own ``{``, including the token that closes the box, e.g. ``}.``);
+   reasonexit averages the trial-answer tokens only.
+2. Inducer: official ends at ``\\boxed`` without the brace, so the model writes ``{`` itself;
+   reasonexit's inducer ends with ``{``.
+3. Threshold: official exits when confidence is strictly above the threshold (``>``);
+   reasonexit exits at or above it (``>=``, so threshold 0 always exits).
+4. Probe limit: official probes at most 10 transition chunks per problem (``max_judge_steps``),
+   then thinks on to the end; reasonexit probes up to ``--max-probes`` (64).
+5. Forced exit: official exits at any probe once thinking has reached
+   ``budget_ratio x max_tokens - 50`` tokens (exit reason ``budget``), whatever the confidence.
+6. End chunks: official also probes the trace when the model stops while still thinking (end of
+   sequence or token limit), and exits there if confident; reasonexit probes transitions only.
+
+Both modes close thinking with ``\n</think>\n\n`` and use the same thinking budget
+(``budget_ratio``, the authors' ``think_ratio``, 0.9 by default).
 """
 
 from __future__ import annotations
@@ -27,10 +48,14 @@ from ..engine import EngineSession
 from ..errors import UserError
 from ..thinking import find_subsequence
 from .base import Context, register
-from .early_exit import EarlyExitMethod, ExitHooks, ExitLimits, Mode, Verdict, validate_limits
+from .early_exit import EarlyExitMethod, ExitHooks, ExitLimits, ExitReason, Mode, Verdict, validate_limits
 
 DEFAULT_INDUCER = "\n**Final Answer**\n\\boxed{"
 DEFAULT_CHOICE_INDUCER = "\n**Final Answer**\nThe correct option is \\boxed{"
+#: ``--compat official``: transition chunks probed per problem at most (the authors' ``max_judge_steps``).
+OFFICIAL_MAX_CHUNKS = 10
+#: ``--compat official``: a probe forces an exit once thinking reaches the budget minus this many tokens.
+OFFICIAL_LIMIT_MARGIN = 50
 
 
 @dataclass
@@ -68,6 +93,12 @@ class DeerParams:
     budget_ratio: float = field(
         default=0.9,
         metadata={"help": "exit regardless once thinking reaches this fraction of max_tokens (1: no budget)"},
+    )
+    compat: Literal["reasonexit", "official"] = field(
+        default="reasonexit",
+        metadata={
+            "help": "reasonexit (default rules) or official (the rules of the authors' vllm-deer.py; see the docstring)"
+        },
     )
     mode: Mode = field(
         default="auto",
@@ -190,7 +221,14 @@ class Deer(EarlyExitMethod):
     def limits(self) -> ExitLimits:
         """DEER's probe limit and thinking budget for the shared controller."""
         p = self.params
-        return ExitLimits(max_checks=p.max_probes, budget_ratio=p.budget_ratio, mode=p.mode, records_key="probes")
+        official = p.compat == "official"
+        return ExitLimits(
+            max_checks=min(p.max_probes, OFFICIAL_MAX_CHUNKS) if official else p.max_probes,
+            budget_ratio=p.budget_ratio,
+            mode=p.mode,
+            check_at_end=official,
+            records_key="probes",
+        )
 
     # ------------------------------------------------------------------ probe
     async def _probe(self, ctx: Context, trace: list[int], cut: int, think_from: int) -> Probe:
@@ -207,10 +245,7 @@ class Deer(EarlyExitMethod):
         )
         ids: list[int] = []
         lps: list[float] = []
-        text = ""
-        depth = 1  # the inducer opened a brace
-        closed_at: int | None = None  # index in ids of the token holding the closing brace
-        answer_chars: list[str] = []
+        box = _BoxReader(session, opened=self._inducer_opens_box(ctx))
         end_ids = session.markers.end_ids
         ended: bool | None = None
         async with contextlib.aclosing(session.stream(prompt, params, ctx.usage, ctx.request_id("probe"))) as st:
@@ -218,60 +253,127 @@ class Deer(EarlyExitMethod):
                 for tok, lp in zip(d.token_ids, d.logprobs or [0.0] * len(d.token_ids), strict=True):
                     ids.append(tok)
                     lps.append(lp)
-                    if closed_at is None:
-                        new_text = session.decode(ids)
-                        piece, text = new_text[len(text) :], new_text
-                        for ch in piece:
-                            depth += ch == "{"
-                            depth -= ch == "}"
-                            if depth == 0:
-                                closed_at = len(ids) - 1
-                                break
-                            answer_chars.append(ch)
-                        if closed_at is None and len(ids) >= p.probe_tokens:
+                    if box.closed_at is None:
+                        box.read(ids)
+                        if box.closed_at is None and len(ids) >= p.probe_tokens:
                             break
-                if closed_at is None and len(ids) >= p.probe_tokens:
+                if box.closed_at is None and len(ids) >= p.probe_tokens:
                     break
-                if closed_at is not None:
+                if box.closed_at is not None:
                     if not p.require_end_think:
                         break
-                    if find_subsequence(ids, end_ids, closed_at) >= 0:
+                    if find_subsequence(ids, end_ids, box.closed_at) >= 0:
                         ended = True
                         break
-                    if len(ids) - closed_at > p.end_think_tokens:
+                    if len(ids) - box.closed_at > p.end_think_tokens:
                         break
         if p.require_end_think:
             ended = bool(ended)
-        # Trial-answer tokens: those before the closing brace, plus the closing token if it also
-        # carries answer text (e.g. a merged "5}").
-        n_ans = len(ids) if closed_at is None else closed_at
-        if closed_at is not None:
-            head = session.decode(ids[:closed_at])
-            if len("".join(answer_chars)) > len(head):
-                n_ans += 1
-        ans_lps = lps[: min(n_ans, p.probe_tokens)]
-        conf = confidence_of(ans_lps, p.confidence)
+        return self.read_probe(session, ids, lps, box, cut, cut - think_from, ended)
+
+    def read_probe(
+        self,
+        session: EngineSession,
+        ids: list[int],
+        lps: list[float],
+        box: _BoxReader,
+        cut: int,
+        pos: int,
+        ended: bool | None = None,
+    ) -> Probe:
+        """Score a probe's tokens: which logprobs make its confidence depends on ``compat``.
+
+        ``reasonexit``: the trial-answer tokens only (before the closing brace, plus the closing
+        token when it also carries answer text, e.g. a merged ``5}``), at most ``probe_tokens``.
+        ``official``: every generated token after the first (the first is the model's own ``{``),
+        up to and including the token that closes the box (or all of them when it never closes).
+        """
+        p = self.params
+        closed_at = box.closed_at
+        if p.compat == "official":
+            n_gen = len(ids) if closed_at is None else closed_at + 1
+            used = lps[1:n_gen]
+        else:
+            # Trial-answer tokens: those before the closing brace, plus the closing token if it also
+            # carries answer text (e.g. a merged "5}").
+            n_ans = len(ids) if closed_at is None else closed_at
+            if closed_at is not None:
+                head = session.decode(ids[:closed_at])
+                if len(box.answer_text) + box.lead_chars > len(head):
+                    n_ans += 1
+            used = lps[: min(n_ans, p.probe_tokens)]
         return Probe(
-            pos=cut - think_from,
+            pos=pos,
             cut=cut,
-            answer="".join(answer_chars).strip(),
-            confidence=conf,
+            answer=box.answer_text.strip(),
+            confidence=confidence_of(used, p.confidence),
             closed=closed_at is not None,
             ended_thinking=ended,
-            logprobs=ans_lps,
+            logprobs=used,
             tokens=len(ids),
         )
 
     def _inducer(self, ctx: Context) -> str:
-        return self.params.choice_inducer if ctx.kind == "choice" else self.params.inducer
+        text = self.params.choice_inducer if ctx.kind == "choice" else self.params.inducer
+        if self.params.compat == "official" and text.endswith("{"):
+            text = text[:-1]  # the official inducer ends at \\boxed: the model opens the brace itself
+        return text
 
-    def _accepts(self, probe: Probe) -> bool:
+    def _inducer_opens_box(self, ctx: Context) -> bool:
+        return self._inducer(ctx).endswith("{")
+
+    def decide(self, probe: Probe, max_tokens: int) -> Verdict:
+        """The exit decision on a scored probe (see the class docstring for the two rule sets)."""
         p = self.params
         if p.require_closed and not probe.closed:
-            return False
+            return Verdict(exit=False)
         if p.require_end_think and not probe.ended_thinking:
-            return False
-        return probe.confidence >= p.threshold
+            return Verdict(exit=False)
+        if p.compat == "official":
+            if probe.pos >= int(max_tokens * p.budget_ratio) - OFFICIAL_LIMIT_MARGIN:
+                return Verdict(exit=True, reason=ExitReason.BUDGET)
+            return Verdict(exit=probe.confidence > p.threshold)
+        return Verdict(exit=probe.confidence >= p.threshold)
+
+
+class _BoxReader:
+    """Reads a probe's text as it grows and finds the token that closes the ``\\boxed{...}``.
+
+    ``opened``: the inducer already opened the brace; otherwise the first ``{`` the model writes
+    opens it (its characters before that are not answer text and are counted in ``lead_chars``).
+    """
+
+    def __init__(self, session: EngineSession, opened: bool) -> None:
+        self.session = session
+        self.depth = 1 if opened else 0
+        self.opened = opened
+        self.text = ""
+        self.chars: list[str] = []
+        self.lead_chars = 0
+        self.closed_at: int | None = None
+
+    @property
+    def answer_text(self) -> str:
+        """Characters inside the box so far."""
+        return "".join(self.chars)
+
+    def read(self, ids: list[int]) -> None:
+        """Take the probe's tokens so far (the newest one is new)."""
+        new_text = self.session.decode(ids)
+        piece, self.text = new_text[len(self.text) :], new_text
+        for ch in piece:
+            if not self.opened:
+                self.lead_chars += 1
+                if ch == "{":
+                    self.opened = True
+                    self.depth = 1
+                continue
+            self.depth += ch == "{"
+            self.depth -= ch == "}"
+            if self.depth == 0:
+                self.closed_at = len(ids) - 1
+                return
+            self.chars.append(ch)
 
 
 class _DeerHooks:
@@ -291,9 +393,8 @@ class _DeerHooks:
         """Probe a trial answer after ``trace[:cut]`` and apply the acceptance rule."""
         prompt_len = len(ctx.prompt_ids) + cut
         probe = await self.method._probe(ctx, trace, cut, self.think_from)
-        return Verdict(
-            exit=self.method._accepts(probe),
-            record=probe.record(),
-            tokens=probe.tokens,
-            prompt_tokens=prompt_len + len(ctx.session.encode(self.method._inducer(ctx))),
-        )
+        verdict = self.method.decide(probe, ctx.decoding.max_tokens)
+        verdict.record = probe.record()
+        verdict.tokens = probe.tokens
+        verdict.prompt_tokens = prompt_len + len(ctx.session.encode(self.method._inducer(ctx)))
+        return verdict

@@ -97,7 +97,8 @@ class ExitLimits:
 
     ``max_checks``: checks per problem at most. ``budget_ratio``: exit regardless once thinking
     reaches this fraction of ``max_tokens`` (1: only the token limit). ``check_at_end``: also
-    judge the trace's end when the model stops (end of sequence or token limit) still thinking.
+    judge the trace's end when the model stops (end of sequence or token limit) still thinking,
+    whatever ``max_checks`` says.
     ``records_key``: the ``info`` key the check records go under.
     """
 
@@ -234,13 +235,7 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
                 break
             # Sequential pause, or the end of the trace: earlier checks may still call an exit.
             chosen = await settle(block=True)
-            if (
-                chosen is None
-                and main_finish is not None
-                and limits.check_at_end
-                and tracker.in_thinking
-                and launched < limits.max_checks
-            ):
+            if chosen is None and main_finish is not None and limits.check_at_end and tracker.in_thinking:
                 end = len(trace) - (1 if trace and trace[-1] in session.eos_ids else 0)
                 if end > (tracker.think_from or 0):
                     launch(end)
