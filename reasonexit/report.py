@@ -41,6 +41,12 @@ def summarize(rows: Sequence[dict[str, Any]], run: str = "", wall_s: float | Non
         "thinking_tokens": round(float(df["thinking_tokens"].mean()), 1),
         "latency_s": round(float(df["wall_s"].mean()), 3),
     }
+    # The verifier's (or probes') share of compute, for early-exit methods that record it.
+    infos = df["info"] if "info" in df else pd.Series(dtype=object)
+    if any(isinstance(i, dict) and "verifier_tokens" in i for i in infos):
+        for key in ("verifier_tokens", "verifier_prompt_tokens", "verifier_wall_s"):
+            vals = [float(i.get(key, 0) or 0) if isinstance(i, dict) else 0.0 for i in infos]
+            out[key] = round(sum(vals) / len(vals), 3 if key == "verifier_wall_s" else 1)
     if wall_s is not None:
         out["wall_s"] = round(wall_s, 2)
         out["output_tok_per_s"] = round(float(df["output_tokens"].sum()) / wall_s, 1) if wall_s > 0 else float("nan")

@@ -238,9 +238,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"--{key.replace('_', '-')} must be one of {', '.join(map(str, args))}, not {value!r}")
         return value
     if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else list(value)
+        # Only command-line text is split and trimmed; Python values (e.g. "\n\n") are kept as given.
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
         elem = args[0] if args else str
-        items = [_convert(v.strip() if isinstance(v, str) else v, elem, key) for v in items]
+        items = [_convert(v, elem, key) for v in items]
         return tuple(items) if origin is tuple else items
     if not isinstance(value, str):
         return value
