@@ -37,7 +37,9 @@ def test_threshold_above_one_never_exits_and_equals_vanilla(session, vanilla):
     assert sum(len(r.info["probes"]) for r in res) > 0  # probes ran and were all refused
     # probes are paid for: compute exceeds output by their tokens
     for r in res:
-        assert r.compute_tokens == r.output_tokens + sum(p["tokens"] for p in r.info["probes"])
+        assert r.compute_tokens == r.output_tokens + r.info["discarded_tokens"] + sum(
+            p["tokens"] for p in r.info["probes"]
+        )
 
 
 def test_threshold_zero_exits_at_first_transition(session, vanilla):

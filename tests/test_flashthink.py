@@ -40,7 +40,7 @@ def test_threshold_above_one_equals_vanilla(session, vanilla):
     for r in res:
         # the verifier's decoded tokens are paid for
         assert r.info["verifier_tokens"] == len(r.info["checks"]) > 0
-        assert r.compute_tokens == r.output_tokens + r.info["verifier_tokens"]
+        assert r.compute_tokens == r.output_tokens + r.info["discarded_tokens"] + r.info["verifier_tokens"]
 
 
 @pytest.mark.parametrize(("every", "min_tokens"), [(1, 0), (2, 40)])

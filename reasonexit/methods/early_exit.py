@@ -160,7 +160,8 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     """Solve one problem: decode, check at boundaries, exit at the first exit verdict, answer.
 
     The outcome's ``info`` holds the check records (under ``limits.records_key``), the mode,
-    ``exit_pos`` (thinking tokens kept, ``None`` without an exit), ``discarded_tokens`` and the
+    ``exit_pos`` (thinking tokens kept, ``None`` without an exit), ``discarded_tokens`` (main-trace
+    tokens decoded and thrown away: past the exit, or streamed past a sequential pause) and the
     verifier's accounting: ``verifier_tokens`` (decoded), ``verifier_prompt_tokens`` and
     ``verifier_wall_s`` summed over the checks that were settled.
     """
@@ -197,6 +198,7 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     budget_cut: int | None = None
     main_finish: str | None = None
     segment = 0
+    dropped = 0  # main-trace tokens decoded past a pause or the budget and thrown away
     try:
         while chosen is None and main_finish is None and budget_cut is None:
             room = ctx.room(max_tokens, len(trace))
@@ -208,7 +210,9 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
             ) as st:
                 segment += 1
                 async for d in st:
+                    taken = 0
                     for tok in d.token_ids:
+                        taken += 1
                         trace.append(tok)
                         tracker.feed(tok)
                         if not tracker.in_thinking:
@@ -225,6 +229,7 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
                                     paused = True
                                     break
                     if paused or budget_cut is not None:
+                        dropped += len(d.token_ids) - taken  # decoded in this delta past the stop: thrown away
                         break
                     chosen = await settle(block=False)
                     if chosen is not None:
@@ -262,6 +267,7 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
         "verifier_tokens": sum(v.tokens for _, v in settled),
         "verifier_prompt_tokens": sum(v.prompt_tokens for _, v in settled),
         "verifier_wall_s": round(sum(v.wall_s for _, v in settled), 4),
+        "discarded_tokens": dropped,
     }
     if chosen is not None:
         exit_cut, reason = chosen[0], chosen[1].reason
@@ -274,7 +280,7 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     # Close thinking after the kept prefix and let the model write its answer.
     head = [*trace[:exit_cut], *closing_ids(session.encode, markers)]
     info["exit_pos"] = exit_cut - think_from
-    info["discarded_tokens"] = len(trace) - exit_cut
+    info["discarded_tokens"] = dropped + len(trace) - exit_cut
     answer = await session.complete(
         [*ctx.prompt_ids, *head],
         # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)

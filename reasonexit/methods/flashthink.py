@@ -327,7 +327,10 @@ class ServedVerifier(Verifier):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure of the endpoint is reported the same way
-            why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+                why = f"no answer within {self.timeout:g} s"
+            else:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             if not self.keep_going:
                 raise UserError(f"verifier endpoint {self.url} failed: {why}") from None
             self.down = why
@@ -461,17 +464,23 @@ class FlashThink(EarlyExitMethod):
         p = self.params
         kind = self.verifier_kind(main)
         if kind == "self":
-            return EngineVerifier("self", main, main, p.judge_prompt or DEFAULT_JUDGE_PROMPT)
+            return EngineVerifier(
+                "self", main, main, DEFAULT_JUDGE_PROMPT if p.judge_prompt is None else p.judge_prompt
+            )
         if kind == "served":
             assert p.verifier_url and p.verifier_model
-            judge = p.judge_prompt or DEFAULT_JUDGE_PROMPT
+            judge = DEFAULT_JUDGE_PROMPT if p.judge_prompt is None else p.judge_prompt
             return ServedVerifier(
                 main, p.verifier_url, p.verifier_model, judge, p.verifier_timeout, p.on_verifier_error == "continue"
             )
         path = p.verifier_model or (TESTBED_VERIFIER if kind == "trained" else None)
         if path is None:
             raise UserError("--verifier model needs --verifier-model")
-        judge = p.judge_prompt or _trained_judge_prompt(path) or DEFAULT_JUDGE_PROMPT
+        judge = p.judge_prompt
+        if judge is None:
+            judge = _trained_judge_prompt(path)
+        if judge is None:
+            judge = DEFAULT_JUDGE_PROMPT
         cfg = main.config
         config = EngineConfig(
             model=path,
