@@ -62,3 +62,12 @@ def test_exit_reasons_are_the_row_strings():
     assert [r.value for r in ExitReason] == ["confident", "budget", "eos", "length"]
     assert json.dumps({"r": ExitReason.BUDGET}) == '{"r": "budget"}'
     assert ExitReason.from_finish("stop") == "eos" and ExitReason.from_finish("length") == "length"
+
+
+def test_auto_mode_is_sequential_on_cpu_and_parallel_on_gpu():
+    from reasonexit.engine import _cuda_available
+    from reasonexit.methods.early_exit import resolve_mode
+
+    assert resolve_mode("auto") == ("parallel" if _cuda_available() else "sequential")
+    assert resolve_mode("parallel") == "parallel" and resolve_mode("sequential") == "sequential"
+    assert make_method("deer").limits().mode == "auto" and make_method("flashthink").limits().mode == "auto"
