@@ -153,11 +153,16 @@ class Usage:
 
 @dataclass
 class Delta:
-    """New tokens of one streamed request, with their logprobs when asked for."""
+    """New tokens of one streamed request, with their logprobs when asked for.
+
+    ``top_logprobs`` holds, per new token, every logprob vLLM returned for that step (the sampled
+    token, the top-k and any ``logprob_token_ids``), keyed by token id.
+    """
 
     token_ids: list[int]
     logprobs: list[float] | None
     finish_reason: str | None = None
+    top_logprobs: list[dict[int, float]] | None = None
 
 
 @dataclass
@@ -525,11 +530,12 @@ class EngineSession:
                 comp = out.outputs[0]
                 ids = list(comp.token_ids)
                 usage.compute_tokens += len(ids)
-                lps = None
+                lps = tops = None
                 if comp.logprobs is not None:
                     lps = [float(step[tok].logprob) for step, tok in zip(comp.logprobs, ids, strict=True)]
+                    tops = [{int(t): float(lp.logprob) for t, lp in step.items()} for step in comp.logprobs]
                 finished = out.finished
-                yield Delta(ids, lps, comp.finish_reason if finished else None)
+                yield Delta(ids, lps, comp.finish_reason if finished else None, tops)
                 if finished:
                     return
         finally:
@@ -831,7 +837,7 @@ def _load_tokenizer(config: EngineConfig):
         raise UserError(f"cannot load tokenizer of model {name!r}: {first}") from None
 
 
-_SESSIONS: dict[tuple, EngineSession] = {}
+_SESSIONS: dict[str, EngineSession] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
@@ -844,21 +850,20 @@ def close_all_sessions() -> None:
         session.close()
 
 
-def get_session(config: EngineConfig | None = None) -> EngineSession:
-    """The process-wide session for ``config``, created on first use.
+def get_session(config: EngineConfig | None = None, name: str = "main") -> EngineSession:
+    """The process-wide session called ``name`` for ``config``, created on first use.
 
-    vLLM holds one engine per process; asking for a second, different configuration closes the
-    first one.
+    Sessions are held by name, so a second model (e.g. a verifier, ``name="verifier"``) runs
+    beside the main one in its own engine. Asking for a name with a different configuration
+    closes that name's old session and starts a new one; other names are left alone.
     """
     config = config or EngineConfig()
     with _SESSIONS_LOCK:
-        key = config.key()
-        session = _SESSIONS.get(key)
-        if session is not None and not session._closed:
+        session = _SESSIONS.get(name)
+        if session is not None and not session._closed and session.config.key() == config.key():
             return session
-        for other in list(_SESSIONS.values()):
-            other.close()
-        _SESSIONS.clear()
+        if session is not None:
+            session.close()
         session = EngineSession(config)
-        _SESSIONS[key] = session
+        _SESSIONS[name] = session
         return session

@@ -94,11 +94,12 @@ def convert(value: Any, tp: Any, name: str) -> Any:
             raise UserError(f"{name} must be one of {', '.join(map(str, args))}, not {value!r}")
         return value
     if origin in (tuple, list):
-        items = value.split(",") if isinstance(value, str) else value
+        # only command-line text is split and trimmed; Python and YAML values (e.g. "\n\n") stay as given
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
         if not isinstance(items, list | tuple):
             raise UserError(f"{name} expects a list, got {value!r}")
         elem = args[0] if args else str
-        items = [convert(v.strip() if isinstance(v, str) else v, elem, name) for v in items]
+        items = [convert(v, elem, name) for v in items]
         return tuple(items) if origin is tuple else items
     if tp is bool:
         if isinstance(value, bool):

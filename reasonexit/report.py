@@ -82,6 +82,12 @@ def summarize(
     }
     if "problem_id" in ok and "sample" in ok and len(ok):
         out.update(sample_metrics(ok))
+    # The verifier's (or probes') share of compute, for early-exit methods that record it.
+    infos = df["info"] if "info" in df else pd.Series(dtype=object)
+    if any(isinstance(i, dict) and "verifier_tokens" in i for i in infos):
+        for key in ("verifier_tokens", "verifier_prompt_tokens", "verifier_wall_s"):
+            vals = [float(i.get(key, 0) or 0) if isinstance(i, dict) else 0.0 for i in infos]
+            out[key] = round(sum(vals) / len(vals), 3 if key == "verifier_wall_s" else 1)
     if wall_s is not None:
         timed = rows if timed_rows is None else list(timed_rows)
         tokens = sum(int(r.get("output_tokens") or 0) for r in timed)

@@ -205,3 +205,77 @@ def split_completion(ids: Sequence[int], markers: ThinkingMarkers) -> Split:
     if end < 0:
         return Split(begin, len(ids), len(ids), False)
     return Split(begin, end, end + len(markers.end_ids), True)
+
+
+class ThinkingTracker:
+    """Follows one completion token by token and knows where its thinking span is.
+
+    Pure Python on token ids (no engine imports), so the same code serves controllers, engine-side
+    rules and servers. ``in_thinking`` is true once thinking has begun (at once when the chat
+    template opened it) until the end marker has been written; ``think_from`` is the index of the
+    first thinking token in the fed sequence; ``thinking_tokens`` counts thinking tokens so far
+    (markers excluded, and a partly written end marker counts as thinking until it completes).
+    """
+
+    __slots__ = ("_end", "_recent", "_start", "closed", "n", "think_end", "think_from")
+
+    def __init__(self, start_ids: Sequence[int], end_ids: Sequence[int], opened: bool) -> None:
+        self._start = tuple(start_ids)
+        self._end = tuple(end_ids)
+        self._recent: list[int] = []  # the last few tokens, enough to match either marker
+        self.n = 0
+        self.think_from: int | None = 0 if opened else None
+        self.think_end: int | None = None
+        self.closed = False
+
+    @classmethod
+    def for_markers(cls, markers: ThinkingMarkers) -> ThinkingTracker:
+        """A tracker for a model's markers (thinking open from the start when the template opened it)."""
+        return cls(markers.start_ids, markers.end_ids, markers.opened_by_template)
+
+    @property
+    def in_thinking(self) -> bool:
+        """True while inside an open thinking span."""
+        return self.think_from is not None and not self.closed
+
+    @property
+    def thinking_tokens(self) -> int:
+        """Thinking tokens so far (up to the end marker once closed)."""
+        if self.think_from is None:
+            return 0
+        return (self.think_end if self.think_end is not None else self.n) - self.think_from
+
+    def feed(self, token: int) -> None:
+        """Take the next token of the completion."""
+        self.n += 1
+        if self.closed:
+            return
+        recent = self._recent
+        recent.append(token)
+        keep = max(len(self._start), len(self._end))
+        if len(recent) > keep:
+            del recent[0]
+        if self.think_from is None:
+            if self._start and tuple(recent[-len(self._start) :]) == self._start:
+                self.think_from = self.n
+                recent.clear()
+            return
+        if self._end and len(recent) >= len(self._end) and tuple(recent[-len(self._end) :]) == self._end:
+            self.closed = True
+            self.think_end = self.n - len(self._end)
+
+    def feed_many(self, ids: Sequence[int]) -> None:
+        """Take several tokens in order."""
+        for tok in ids:
+            self.feed(tok)
+
+
+def closing_ids(encode, markers: ThinkingMarkers, before: str = "\n", after: str = "\n\n") -> list[int]:
+    """Token ids that close a thinking span early: ``before`` + the model's end marker + ``after``.
+
+    ``encode`` turns text into token ids without special tokens (e.g. ``EngineSession.encode``).
+    Every early exit closes thinking through this helper, so all methods write the same closing.
+    """
+    if not markers.has_thinking:
+        raise UserError("this model has no thinking span to close")
+    return list(encode(before + (markers.end or "") + after))

@@ -30,21 +30,21 @@ def main() -> int:
     from reasonexit.methods import make_method
     from reasonexit.report import markdown_table, plot_accuracy_vs_tokens
 
-    def deer(threshold: float, sequential: bool = False):
+    def deer(threshold: float, mode: str = "parallel"):
         opts = {
             "threshold": threshold,
             "confidence": args.confidence,
-            "sequential": sequential,
+            "mode": mode,
             "transitions": tuple(w for w in args.transitions.split(",") if w),
             "paragraph_breaks": args.paragraph_breaks,
         }
         return make_method("deer", opts)
 
-    session, jobs, dec = open_bench(args, warm_methods=[deer(args.threshold), deer(args.threshold, True)])
+    session, jobs, dec = open_bench(args, warm_methods=[deer(args.threshold), deer(args.threshold, "sequential")])
 
     van = run_config(session, "vanilla", make_method("vanilla"), jobs, dec)
     par = run_config(session, f"deer-{args.threshold}", deer(args.threshold), jobs, dec)
-    seq = run_config(session, f"deer-{args.threshold}-sequential", deer(args.threshold, True), jobs, dec)
+    seq = run_config(session, f"deer-{args.threshold}-sequential", deer(args.threshold, "sequential"), jobs, dec)
     print(f"\n{len(jobs)} problems of {args.dataset}, greedy, all in flight, max_tokens={args.max_tokens}\n")
     print(markdown_table([van.summary, par.summary, seq.summary]))
 

@@ -2,7 +2,7 @@
 
 from .base import Context, Decoding, Method, Outcome, make_method, method_class, method_names, register
 
-_BUILTIN = ("vanilla", "budget", "deer", "ffs", "majority")
+_BUILTIN = ("vanilla", "budget", "deer", "flashthink", "ffs", "majority")
 
 
 def _load_all() -> None:

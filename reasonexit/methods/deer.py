@@ -7,73 +7,114 @@ confidence is the mean (or min, or geometric mean) probability of the trial-answ
 reaches the threshold, thinking is closed right there (``\\n</think>\\n\\n`` from the model's own
 markers) and the model writes its final answer; otherwise thinking goes on.
 
-Speed: the probe shares the trace through vLLM's prefix cache, and by default the main trace
-keeps decoding while its probe runs (branch-parallel); an exit aborts it. Decisions are still
-taken in trace order (the first confident transition wins), so under greedy decoding the
-branch-parallel and ``sequential`` (pause-while-probing, the paper's semantics) modes make the
-same exits. Compute tokens count the probes and every main-trace token decoded past the exit.
+DEER runs on the shared early-exit controller (:mod:`reasonexit.methods.early_exit`): its
+transition matcher is the controller's ``boundary`` hook, its probe and acceptance rule the
+``judge`` hook. The probe shares the trace through vLLM's prefix cache. In ``parallel`` mode the
+main trace keeps decoding while its probe runs and an exit aborts it; in ``sequential`` mode (the
+paper's semantics) it pauses; ``auto`` picks sequential on CPU and parallel on GPU. Decisions are
+taken in trace order (the first confident transition wins), so under greedy decoding both modes
+make the same exits. Compute tokens count the probes and every main-trace token decoded past the exit.
+
+``--compat official`` follows the authors' code (iie-ycx/DEER, ``vllm-deer.py``) where it departs
+from reasonexit's defaults. Side by side on 128 testbed problems the two gave the same answers and
+different exit positions on 4; the first two differences below caused them:
+
+1. Confidence tokens: official averages the probabilities of *every probe token after the first*
+   (skipping the model's own ``{``, including the token that closes the box, e.g. ``}.``);
+   reasonexit averages the trial-answer tokens only.
+2. Inducer: official ends at ``\\boxed`` without the brace, so the model writes ``{`` itself;
+   reasonexit's inducer ends with ``{``.
+3. Threshold: official exits when confidence is strictly above the threshold (``>``);
+   reasonexit exits at or above it (``>=``, so threshold 0 always exits).
+4. Probe limit: official probes at most 10 transition chunks per problem (``max_judge_steps``),
+   then thinks on to the end; reasonexit probes up to ``--max-probes`` (64).
+5. Forced exit: official exits at any probe once thinking has reached
+   ``budget_ratio x max_tokens - 50`` tokens (exit reason ``budget``), whatever the confidence.
+6. End chunks: official also probes the trace when the model stops while still thinking (end of
+   sequence or token limit), and exits there if confident; reasonexit probes transitions only.
+
+Both modes close thinking with ``\n</think>\n\n`` and use the same thinking budget
+(``budget_ratio``, the authors' ``think_ratio``, 0.9 by default).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..engine import EngineSession
 from ..errors import UserError
 from ..thinking import find_subsequence
-from .base import Context, Method, Outcome, register
+from .base import Context, register
+from .early_exit import EarlyExitMethod, ExitHooks, ExitLimits, ExitReason, Mode, Verdict, validate_limits
 
 DEFAULT_INDUCER = "\n**Final Answer**\n\\boxed{"
 DEFAULT_CHOICE_INDUCER = "\n**Final Answer**\nThe correct option is \\boxed{"
+#: ``--compat official``: transition chunks probed per problem at most (the authors' ``max_judge_steps``).
+OFFICIAL_MAX_CHUNKS = 10
+#: ``--compat official``: a probe forces an exit once thinking reaches the budget minus this many tokens.
+OFFICIAL_LIMIT_MARGIN = 50
 
 
 @dataclass
 class DeerParams:
-    """Parameters of DEER.
+    """Parameters of DEER (each field's ``help`` is its documentation)."""
 
-    - ``threshold``: exit when the trial answer's confidence is at least this (above 1: never).
-    - ``confidence``: ``mean``, ``min`` or ``gmean`` of the trial-answer token probabilities.
-    - ``transitions``: words that mark transition points (comma-separated on the command line).
-    - ``paragraph_breaks``: also probe at every paragraph break in the thinking.
-    - ``inducer`` / ``choice_inducer``: text that makes the model state its answer (math / choice sets).
-    - ``probe_tokens``: at most this many tokens of trial answer.
-    - ``require_closed``: a probe counts only if it closes its box.
-    - ``require_end_think``: a probe counts only if the model, after its boxed answer, ends thinking
-      within ``end_think_tokens`` tokens (a check for over-confident models).
-    - ``max_probes``: probes per problem at most.
-    - ``budget_ratio``: exit regardless once thinking reaches this fraction of ``max_tokens``
-      (1: no budget but the token limit).
-    - ``sequential``: pause the trace while a probe runs (the paper's semantics) instead of
-      decoding on in parallel.
-    """
-
-    threshold: float = 0.95
-    confidence: Literal["mean", "min", "gmean"] = "mean"
-    transitions: tuple[str, ...] = ("Wait",)
-    paragraph_breaks: bool = False
-    inducer: str = DEFAULT_INDUCER
-    choice_inducer: str = DEFAULT_CHOICE_INDUCER
-    probe_tokens: int = 20
-    require_closed: bool = False
-    require_end_think: bool = False
-    end_think_tokens: int = 8
-    max_probes: int = 64
-    budget_ratio: float = 0.9
-    sequential: bool = False
+    threshold: float = field(
+        default=0.95, metadata={"help": "exit when the trial answer's confidence is at least this (above 1: never)"}
+    )
+    confidence: Literal["mean", "min", "gmean"] = field(
+        default="mean", metadata={"help": "mean, min or geometric mean of the trial-answer token probabilities"}
+    )
+    transitions: tuple[str, ...] = field(
+        default=("Wait",), metadata={"help": "words that mark transition points (comma-separated)"}
+    )
+    paragraph_breaks: bool = field(
+        default=False, metadata={"help": "also probe at every paragraph break in the thinking"}
+    )
+    inducer: str = field(
+        default=DEFAULT_INDUCER, metadata={"help": "text that makes the model state its answer (math)"}
+    )
+    choice_inducer: str = field(
+        default=DEFAULT_CHOICE_INDUCER, metadata={"help": "text that makes the model state its answer (choice sets)"}
+    )
+    probe_tokens: int = field(default=20, metadata={"help": "at most this many tokens of trial answer"})
+    require_closed: bool = field(default=False, metadata={"help": "a probe counts only if it closes its box"})
+    require_end_think: bool = field(
+        default=False,
+        metadata={
+            "help": "a probe counts only if, after its boxed answer, the model ends thinking within --end-think-tokens"
+        },
+    )
+    end_think_tokens: int = field(default=8, metadata={"help": "tokens allowed after the box for --require-end-think"})
+    max_probes: int = field(default=64, metadata={"help": "probes per problem at most"})
+    budget_ratio: float = field(
+        default=0.9,
+        metadata={"help": "exit regardless once thinking reaches this fraction of max_tokens (1: no budget)"},
+    )
+    compat: Literal["reasonexit", "official"] = field(
+        default="reasonexit",
+        metadata={
+            "help": "reasonexit (default rules) or official (the rules of the authors' vllm-deer.py; see the docstring)"
+        },
+    )
+    mode: Mode = field(
+        default="auto",
+        metadata={
+            "help": "sequential (pause while probing), parallel (decode on while probing) "
+            "or auto (sequential on CPU, parallel on GPU)"
+        },
+    )
 
     def validate(self) -> None:
         """Reject out-of-range values."""
         if self.threshold < 0:
             raise UserError("--threshold must be >= 0")
-        if self.probe_tokens < 1 or self.max_probes < 0 or self.end_think_tokens < 1:
-            raise UserError("--probe-tokens and --end-think-tokens must be >= 1, --max-probes >= 0")
-        if not 0 < self.budget_ratio <= 1:
-            raise UserError("--budget-ratio must be in (0, 1]")
+        if self.probe_tokens < 1 or self.end_think_tokens < 1:
+            raise UserError("--probe-tokens and --end-think-tokens must be >= 1")
+        validate_limits(self.max_probes, self.budget_ratio, "--max-probes")
         if not self.transitions and not self.paragraph_breaks:
             raise UserError("give --transitions or --paragraph-breaks: DEER needs transition points")
 
@@ -157,7 +198,7 @@ class TransitionMatcher:
 
 
 @register
-class Deer(Method):
+class Deer(EarlyExitMethod):
     """Exit thinking at a transition point once a trial answer is confident (DEER)."""
 
     name = "deer"
@@ -174,12 +215,27 @@ class Deer(Method):
             self._matchers[key] = TransitionMatcher(session, self.params.transitions, self.params.paragraph_breaks)
         return self._matchers[key]
 
+    def hooks(self, ctx: Context) -> ExitHooks:
+        """The transition matcher as the boundary, a probe and its acceptance rule as the judge."""
+        return _DeerHooks(self, self._matcher(ctx.session))
+
+    def limits(self) -> ExitLimits:
+        """DEER's probe limit and thinking budget for the shared controller."""
+        p = self.params
+        official = p.compat == "official"
+        return ExitLimits(
+            max_checks=min(p.max_probes, OFFICIAL_MAX_CHUNKS) if official else p.max_probes,
+            budget_ratio=p.budget_ratio,
+            mode=p.mode,
+            check_at_end=official,
+            records_key="probes",
+        )
+
     # ------------------------------------------------------------------ probe
     async def _probe(self, ctx: Context, trace: list[int], cut: int, think_from: int) -> Probe:
         """Ask for a trial answer after ``trace[:cut]`` and score it."""
         p, session = self.params, ctx.session
-        inducer = p.choice_inducer if ctx.kind == "choice" else p.inducer
-        prompt = [*ctx.prompt_ids, *trace[:cut], *session.encode(inducer)]
+        prompt = [*ctx.prompt_ids, *trace[:cut], *session.encode(self._inducer(ctx))]
         extra = p.end_think_tokens if p.require_end_think else 0
         params = ctx.sampling(
             temperature=0.0,
@@ -190,10 +246,7 @@ class Deer(Method):
         )
         ids: list[int] = []
         lps: list[float] = []
-        text = ""
-        depth = 1  # the inducer opened a brace
-        closed_at: int | None = None  # index in ids of the token holding the closing brace
-        answer_chars: list[str] = []
+        box = _BoxReader(session, opened=self._inducer_opens_box(ctx))
         end_ids = session.markers.end_ids
         ended: bool | None = None
         async with contextlib.aclosing(session.stream(prompt, params, ctx.usage, ctx.request_id("probe"))) as st:
@@ -201,175 +254,148 @@ class Deer(Method):
                 for tok, lp in zip(d.token_ids, d.logprobs or [0.0] * len(d.token_ids), strict=True):
                     ids.append(tok)
                     lps.append(lp)
-                    if closed_at is None:
-                        new_text = session.decode(ids)
-                        piece, text = new_text[len(text) :], new_text
-                        for ch in piece:
-                            depth += ch == "{"
-                            depth -= ch == "}"
-                            if depth == 0:
-                                closed_at = len(ids) - 1
-                                break
-                            answer_chars.append(ch)
-                        if closed_at is None and len(ids) >= p.probe_tokens:
+                    if box.closed_at is None:
+                        box.read(ids)
+                        if box.closed_at is None and len(ids) >= p.probe_tokens:
                             break
-                if closed_at is None and len(ids) >= p.probe_tokens:
+                if box.closed_at is None and len(ids) >= p.probe_tokens:
                     break
-                if closed_at is not None:
+                if box.closed_at is not None:
                     if not p.require_end_think:
                         break
-                    if find_subsequence(ids, end_ids, closed_at) >= 0:
+                    if find_subsequence(ids, end_ids, box.closed_at) >= 0:
                         ended = True
                         break
-                    if len(ids) - closed_at > p.end_think_tokens:
+                    if len(ids) - box.closed_at > p.end_think_tokens:
                         break
         if p.require_end_think:
             ended = bool(ended)
-        # Trial-answer tokens: those before the closing brace, plus the closing token if it also
-        # carries answer text (e.g. a merged "5}").
-        n_ans = len(ids) if closed_at is None else closed_at
-        if closed_at is not None:
-            head = session.decode(ids[:closed_at])
-            if len("".join(answer_chars)) > len(head):
-                n_ans += 1
-        ans_lps = lps[: min(n_ans, p.probe_tokens)]
-        conf = confidence_of(ans_lps, p.confidence)
+        return self.read_probe(session, ids, lps, box, cut, cut - think_from, ended)
+
+    def read_probe(
+        self,
+        session: EngineSession,
+        ids: list[int],
+        lps: list[float],
+        box: _BoxReader,
+        cut: int,
+        pos: int,
+        ended: bool | None = None,
+    ) -> Probe:
+        """Score a probe's tokens: which logprobs make its confidence depends on ``compat``.
+
+        ``reasonexit``: the trial-answer tokens only (before the closing brace, plus the closing
+        token when it also carries answer text, e.g. a merged ``5}``), at most ``probe_tokens``.
+        ``official``: every generated token after the first (the first is the model's own ``{``),
+        up to and including the token that closes the box (or all of them when it never closes).
+        """
+        p = self.params
+        closed_at = box.closed_at
+        if p.compat == "official":
+            n_gen = len(ids) if closed_at is None else closed_at + 1
+            used = lps[1:n_gen]
+        else:
+            # Trial-answer tokens: those before the closing brace, plus the closing token if it also
+            # carries answer text (e.g. a merged "5}").
+            n_ans = len(ids) if closed_at is None else closed_at
+            if closed_at is not None:
+                head = session.decode(ids[:closed_at])
+                if len(box.answer_text) + box.lead_chars > len(head):
+                    n_ans += 1
+            used = lps[: min(n_ans, p.probe_tokens)]
         return Probe(
-            pos=cut - think_from,
+            pos=pos,
             cut=cut,
-            answer="".join(answer_chars).strip(),
-            confidence=conf,
+            answer=box.answer_text.strip(),
+            confidence=confidence_of(used, p.confidence),
             closed=closed_at is not None,
             ended_thinking=ended,
-            logprobs=ans_lps,
+            logprobs=used,
             tokens=len(ids),
         )
 
-    def _accepts(self, probe: Probe) -> bool:
+    def _inducer(self, ctx: Context) -> str:
+        text = self.params.choice_inducer if ctx.kind == "choice" else self.params.inducer
+        if self.params.compat == "official" and text.endswith("{"):
+            text = text[:-1]  # the official inducer ends at \\boxed: the model opens the brace itself
+        return text
+
+    def _inducer_opens_box(self, ctx: Context) -> bool:
+        return self._inducer(ctx).endswith("{")
+
+    def decide(self, probe: Probe, max_tokens: int) -> Verdict:
+        """The exit decision on a scored probe (see the class docstring for the two rule sets)."""
         p = self.params
         if p.require_closed and not probe.closed:
-            return False
+            return Verdict(exit=False)
         if p.require_end_think and not probe.ended_thinking:
-            return False
-        return probe.confidence >= p.threshold
+            return Verdict(exit=False)
+        if p.compat == "official":
+            if probe.pos >= int(max_tokens * p.budget_ratio) - OFFICIAL_LIMIT_MARGIN:
+                return Verdict(exit=True, reason=ExitReason.BUDGET)
+            return Verdict(exit=probe.confidence > p.threshold)
+        return Verdict(exit=probe.confidence >= p.threshold)
 
-    # ------------------------------------------------------------------ controller
-    async def solve(self, ctx: Context) -> Outcome:
-        """Decode the trace, probe at transitions, and exit at the first confident one."""
-        p, session = self.params, ctx.session
-        markers = session.markers
-        markers.require_span(self.name)
-        matcher = self._matcher(session)
-        max_tokens = ctx.decoding.max_tokens
-        # budget_ratio 1 means no thinking budget beyond the token limit itself.
-        budget = max(1, int(p.budget_ratio * max_tokens)) if p.budget_ratio < 1 else None
 
-        trace: list[int] = []
-        think_from: int | None = 0 if markers.opened_by_template else None
-        think_closed = False
-        pending: deque[tuple[int, asyncio.Task[Probe]]] = deque()
-        probes: list[Probe] = []
-        launched = 0
-        exit_cut: int | None = None
-        exit_reason = ""
-        main_finish: str | None = None
-        segment = 0
+class _BoxReader:
+    """Reads a probe's text as it grows and finds the token that closes the ``\\boxed{...}``.
 
-        async def settle(block: bool) -> int | None:
-            """Resolve probes in trace order; return the cut of the first confident one."""
-            while pending and (block or pending[0][1].done()):
-                _, task = pending.popleft()
-                probe = await task
-                probes.append(probe)
-                if self._accepts(probe):
-                    return probe.cut
-            return None
+    ``opened``: the inducer already opened the brace; otherwise the first ``{`` the model writes
+    opens it (its characters before that are not answer text and are counted in ``lead_chars``).
+    """
 
-        try:
-            while exit_cut is None and main_finish is None:
-                room = ctx.room(max_tokens, len(trace))
-                # A resumed segment (sequential mode) gets its own seed so sampling does not repeat itself.
-                params = ctx.sampling(max_tokens=room, seed=ctx.seed + segment)
-                paused_at: int | None = None
-                async with contextlib.aclosing(
-                    session.stream([*ctx.prompt_ids, *trace], params, ctx.usage, ctx.request_id(f"main{segment}"))
-                ) as st:
-                    segment += 1
-                    async for d in st:
-                        for tok in d.token_ids:
-                            trace.append(tok)
-                            if think_from is None:
-                                if tuple(trace[-len(markers.start_ids) :]) == markers.start_ids:
-                                    think_from = len(trace)
-                                continue
-                            if think_closed:
-                                continue
-                            if tuple(trace[-len(markers.end_ids) :]) == markers.end_ids:
-                                think_closed = True
-                                continue
-                            if budget is not None and len(trace) - think_from >= budget:
-                                paused_at = -1
-                                break
-                            cut = matcher.match(trace, think_from) if launched < p.max_probes else None
-                            if cut is not None:
-                                launched += 1
-                                task = asyncio.ensure_future(self._probe(ctx, trace, cut, think_from))
-                                pending.append((cut, task))
-                                if p.sequential:
-                                    paused_at = len(trace)
-                                    break
-                        if paused_at is not None:
-                            break
-                        exit_cut = await settle(block=False)
-                        if exit_cut is not None:
-                            exit_reason = "confident"
-                            break
-                        if d.finish_reason is not None:
-                            main_finish = d.finish_reason
-                if exit_cut is not None:
-                    break
-                if paused_at == -1:  # thinking budget spent
-                    exit_cut = await settle(block=True)
-                    exit_reason = "confident" if exit_cut is not None else "budget"
-                    if exit_cut is None:
-                        exit_cut = len(trace)
-                    break
-                if paused_at is not None:  # sequential: drop what streamed past the pause, probe, resume
-                    del trace[paused_at:]
-                    exit_cut = await settle(block=True)
-                    if exit_cut is not None:
-                        exit_reason = "confident"
-                    continue
-                # the main trace finished: earlier probes may still call an exit
-                exit_cut = await settle(block=True)
-                if exit_cut is not None:
-                    exit_reason = "confident"
-        finally:
-            for _, task in pending:
-                task.cancel()
-            for _, task in pending:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+    def __init__(self, session: EngineSession, opened: bool) -> None:
+        self.session = session
+        self.depth = 1 if opened else 0
+        self.opened = opened
+        self.text = ""
+        self.chars: list[str] = []
+        self.lead_chars = 0
+        self.closed_at: int | None = None
 
-        info: dict[str, Any] = {
-            "probes": [pr.record() for pr in probes],
-            "mode": "sequential" if p.sequential else "parallel",
-        }
-        if exit_cut is None:
-            reason = "eos" if main_finish == "stop" else (main_finish or "unknown")
-            info["exit_pos"] = None
-            return Outcome(trace, reason, info=info, finished=main_finish == "stop")
+    @property
+    def answer_text(self) -> str:
+        """Characters inside the box so far."""
+        return "".join(self.chars)
 
-        # Close thinking after the probed prefix and let the model write its answer.
-        close_ids = session.encode("\n" + (markers.end or "") + "\n\n")
-        head = [*trace[:exit_cut], *close_ids]
-        info["exit_pos"] = exit_cut - (think_from or 0)
-        info["discarded_tokens"] = len(trace) - exit_cut
-        answer = await session.complete(
-            [*ctx.prompt_ids, *head],
-            # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
-            ctx.sampling(max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000),
-            ctx.usage,
-            ctx.request_id("answer"),
-        )
-        return Outcome([*head, *answer.token_ids], exit_reason, info=info, finished=answer.finish_reason == "stop")
+    def read(self, ids: list[int]) -> None:
+        """Take the probe's tokens so far (the newest one is new)."""
+        new_text = self.session.decode(ids)
+        piece, self.text = new_text[len(self.text) :], new_text
+        for ch in piece:
+            if not self.opened:
+                self.lead_chars += 1
+                if ch == "{":
+                    self.opened = True
+                    self.depth = 1
+                continue
+            self.depth += ch == "{"
+            self.depth -= ch == "}"
+            if self.depth == 0:
+                self.closed_at = len(ids) - 1
+                return
+            self.chars.append(ch)
+
+
+class _DeerHooks:
+    """DEER's hooks for one problem."""
+
+    def __init__(self, method: Deer, matcher: TransitionMatcher) -> None:
+        self.method = method
+        self.matcher = matcher
+        self.think_from = 0
+
+    def boundary(self, trace: list[int], think_from: int) -> int | None:
+        """A transition point (before the word) or a paragraph break (after it)."""
+        self.think_from = think_from
+        return self.matcher.match(trace, think_from)
+
+    async def judge(self, ctx: Context, trace: list[int], cut: int) -> Verdict:
+        """Probe a trial answer after ``trace[:cut]`` and apply the acceptance rule."""
+        prompt_len = len(ctx.prompt_ids) + cut
+        probe = await self.method._probe(ctx, trace, cut, self.think_from)
+        verdict = self.method.decide(probe, ctx.decoding.max_tokens)
+        verdict.record = probe.record()
+        verdict.tokens = probe.tokens
+        verdict.prompt_tokens = prompt_len + len(ctx.session.encode(self.method._inducer(ctx)))
+        return verdict

@@ -1,0 +1,500 @@
+"""``flashthink``: verifier-decided early exit (Jiang et al., 2025, arXiv 2505.13949).
+
+The thinking is split into chunks at delimiters (a blank line by default; any list of strings,
+matched on token ids). At every ``every``-th chunk boundary, once ``min_thinking_tokens`` have been
+thought, a verifier reads the question and the reasoning so far and scores whether that is enough
+to answer correctly. A score at or above ``threshold`` ends thinking after that chunk (closed with
+the model's own end marker) and the model writes its answer; otherwise thinking goes on (in
+branch-parallel mode it was never paused). FlashThink runs on the shared early-exit controller
+(:mod:`reasonexit.methods.early_exit`): the chunk delimiters are its ``boundary`` hook, the
+verifier its ``judge`` hook.
+
+Verifiers (one interface, :class:`Verifier`), chosen with ``--verifier``:
+
+- ``self``: the reasoning model itself. Its input is the question and reasoning exactly as the
+  main trace holds them, followed by the judging question (``judge_prompt``), so successive checks
+  of a trace, and the trace itself, share vLLM's prefix cache. The score is
+  P(yes) / (P(yes) + P(no)) from the next-token logprobs of the yes/no tokens (asked for by id
+  with vLLM's ``logprob_token_ids``, so they are exact even when not among the top tokens).
+- ``model``: a separate checkpoint (``--verifier-model``) served by a second engine in this
+  process, with its own memory share (``verifier_kv_cache_gib`` on CPU,
+  ``verifier_gpu_memory_utilization`` on GPU). Same input layout and scoring.
+- ``served``: any OpenAI-compatible ``/v1/completions`` endpoint (``--verifier-url``,
+  ``--verifier-model``, key from ``REASONEXIT_VERIFIER_API_KEY`` or ``OPENAI_API_KEY``); the score
+  comes from the returned top logprobs (20). Requests time out after ``verifier_timeout`` seconds;
+  a failing endpoint stops the run with one clear error, or with ``on_verifier_error=continue``
+  the run goes on without exits (recorded per check).
+- ``trained`` (the paper's FT²): a verifier trained by ``scripts/train_verifier.py`` on exits
+  taken for real in the reasoning model's own traces, served like ``model``. The bundled testbed
+  ships one (``reasonexit/assets/tiny_verifier``); ``auto`` (default) uses it for the testbed and
+  ``self`` for any other model.
+
+Yes/no tokens: the vocabulary tokens whose text, stripped and lower-cased, is ``yes`` / ``no``; a
+tokenizer without such whole-word tokens (the testbed's) uses tokens that are a prefix of them
+(``y``, ``Y``, ``n``, ``No``...). When neither kind shows up in a served endpoint's top logprobs
+the score is 0 (no evidence for an exit).
+
+Records per problem (``info``): every check (``pos``, ``score``, ``yes_logprob``, ``no_logprob``,
+``exit``, the verifier's prompt / cached / decoded tokens), the exit position and reason, and the
+verifier totals (``verifier_tokens``, ``verifier_prompt_tokens``, ``verifier_wall_s``). Compute
+tokens include the tokens the verifier decoded, whichever engine or endpoint it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..engine import DEFAULT_MODEL, EngineConfig, EngineSession, Usage, get_session
+from ..errors import UserError
+from .base import Context, register
+from .early_exit import EarlyExitMethod, ExitLimits, Mode, Verdict, validate_limits
+
+#: The judging question put after the reasoning (the reasoning model's own words follow it).
+DEFAULT_JUDGE_PROMPT = "\n\nIs the reasoning above enough to give the correct final answer? Answer yes or no.\n"
+#: The verifier trained for the bundled testbed by ``scripts/train_verifier.py``.
+TESTBED_VERIFIER = str(Path(__file__).resolve().parents[1] / "assets" / "tiny_verifier")
+#: Top logprobs asked of a served endpoint (the OpenAI API's maximum).
+SERVED_TOP_LOGPROBS = 20
+#: At most this many yes (and no) token ids are scored.
+MAX_ANSWER_IDS = 32
+
+VerifierKind = Literal["auto", "self", "model", "served", "trained"]
+
+
+@dataclass
+class FlashThinkParams:
+    """Parameters of FlashThink (each field's ``help`` is its documentation)."""
+
+    threshold: float = field(
+        default=0.5, metadata={"help": "exit when the verifier's score reaches this (0: first check; above 1: never)"}
+    )
+    delimiters: tuple[str, ...] = field(
+        default=("\n\n",), metadata={"help": "strings that end a chunk (comma-separated; escapes such as \\n work)"}
+    )
+    every: int = field(default=1, metadata={"help": "check at every k-th chunk boundary"})
+    min_thinking_tokens: int = field(default=0, metadata={"help": "thinking tokens before the first check"})
+    max_checks: int = field(default=32, metadata={"help": "verifier checks per problem at most"})
+    budget_ratio: float = field(
+        default=0.9,
+        metadata={"help": "exit regardless once thinking reaches this fraction of max_tokens (1: no budget)"},
+    )
+    mode: Mode = field(
+        default="auto",
+        metadata={
+            "help": "sequential, parallel (decode on while verifying) or auto (sequential on CPU, parallel on GPU)"
+        },
+    )
+    verifier: VerifierKind = field(
+        default="auto",
+        metadata={"help": "self, model, served, trained, or auto (trained on the bundled testbed, else self)"},
+    )
+    verifier_model: str | None = field(
+        default=None, metadata={"help": "verifier checkpoint (model, trained) or the served model's name (served)"}
+    )
+    verifier_url: str | None = field(
+        default=None, metadata={"help": "base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1"}
+    )
+    verifier_timeout: float = field(default=30.0, metadata={"help": "seconds before a served verifier call fails"})
+    on_verifier_error: Literal["fail", "continue"] = field(
+        default="fail",
+        metadata={"help": "a failing served verifier stops the run (fail) or exits are skipped (continue)"},
+    )
+    verifier_kv_cache_gib: float = field(default=1.0, metadata={"help": "KV cache of the verifier engine on CPU (GiB)"})
+    verifier_gpu_memory_utilization: float = field(
+        default=0.2, metadata={"help": "GPU memory share of the verifier engine (lower the main engine's to fit)"}
+    )
+    judge_prompt: str | None = field(
+        default=None,
+        metadata={"help": "judging question after the reasoning (default: the trained verifier's, else the built-in)"},
+    )
+
+    def validate(self) -> None:
+        """Reject impossible settings."""
+        if self.threshold < 0:
+            raise UserError("--threshold must be >= 0")
+        if not [d for d in self.delimiters if d]:
+            raise UserError("--delimiters needs at least one non-empty string")
+        if self.every < 1 or self.min_thinking_tokens < 0:
+            raise UserError("--every must be >= 1 and --min-thinking-tokens >= 0")
+        validate_limits(self.max_checks, self.budget_ratio)
+        if self.verifier_timeout <= 0:
+            raise UserError("--verifier-timeout must be > 0")
+        if self.verifier == "served" and not (self.verifier_url and self.verifier_model):
+            raise UserError("--verifier served needs --verifier-url and --verifier-model")
+        if self.verifier == "model" and not self.verifier_model:
+            raise UserError("--verifier model needs --verifier-model (a checkpoint directory or hub id)")
+
+
+# ---------------------------------------------------------------------------- scoring
+def answer_token_ids(texts: list[str]) -> tuple[list[int], list[int]]:
+    """Ids of the yes and no tokens of a vocabulary given each id's text (see the module docstring)."""
+
+    def pick(word: str) -> list[int]:
+        whole = [i for i, t in enumerate(texts) if t.strip().lower() == word]
+        if whole:
+            return whole[:MAX_ANSWER_IDS]
+        return [i for i, t in enumerate(texts) if t.strip() and word.startswith(t.strip().lower())][:MAX_ANSWER_IDS]
+
+    return pick("yes"), pick("no")
+
+
+def _logsumexp(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x > -math.inf]
+    if not xs:
+        return None
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def yes_no_score(yes_lps: list[float], no_lps: list[float]) -> tuple[float, float | None, float | None]:
+    """``(score, log P(yes), log P(no))`` with score = P(yes) / (P(yes) + P(no)); 0 without evidence."""
+    y, n = _logsumexp(yes_lps), _logsumexp(no_lps)
+    if y is None:
+        return 0.0, y, n
+    if n is None:
+        return 1.0, y, n
+    return 1.0 / (1.0 + math.exp(n - y)), y, n
+
+
+def score_record(yes_lp: float | None, no_lp: float | None) -> float:
+    """The score a check's recorded yes/no logprobs give (for checking records)."""
+    return yes_no_score([] if yes_lp is None else [yes_lp], [] if no_lp is None else [no_lp])[0]
+
+
+@dataclass
+class Check:
+    """What one verifier call returned."""
+
+    score: float
+    yes_logprob: float | None
+    no_logprob: float | None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    tokens: int = 0
+    error: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready record (the controller adds ``pos`` and ``exit``)."""
+        rec: dict[str, Any] = {
+            "score": round(self.score, 6),
+            "yes_logprob": None if self.yes_logprob is None else round(self.yes_logprob, 6),
+            "no_logprob": None if self.no_logprob is None else round(self.no_logprob, 6),
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "tokens": self.tokens,
+        }
+        if self.error is not None:
+            rec["error"] = self.error
+        return rec
+
+
+def _add_usage(total: Usage, part: Usage) -> None:
+    total.compute_tokens += part.compute_tokens
+    total.request_prompt_tokens += part.request_prompt_tokens
+    total.cached_prompt_tokens += part.cached_prompt_tokens
+    total.requests += part.requests
+
+
+# ---------------------------------------------------------------------------- verifiers
+class Verifier(ABC):
+    """Scores whether the reasoning so far is enough to answer correctly.
+
+    ``ids`` is the question and the reasoning so far in the *reasoning model's* token ids (the
+    chat-templated prompt plus the kept thinking): never the gold answer.
+    """
+
+    kind: str
+
+    @abstractmethod
+    async def check(self, ctx: Context, ids: list[int]) -> Check:
+        """Score one cut; add the verifier's token counts to ``ctx.usage``."""
+
+
+class EngineVerifier(Verifier):
+    """A verifier on a vLLM engine session: the reasoning model's own (``self``) or a second one."""
+
+    def __init__(self, kind: str, main: EngineSession, session: EngineSession, judge_prompt: str) -> None:
+        self.kind = kind
+        self.main = main
+        self.session = session
+        self.judge_ids = session.encode(judge_prompt)
+        # The same vocabulary means the reasoning's ids go in as they are; otherwise the text is
+        # re-tokenized for the verifier (it reads the trace, it does not continue it).
+        self.same_vocab = session is main or session.tokenizer.get_vocab() == main.tokenizer.get_vocab()
+        texts = [session.decode([i]) for i in range(len(session.tokenizer))]
+        self.yes_ids, self.no_ids = answer_token_ids(texts)
+        if not self.yes_ids or not self.no_ids:
+            raise UserError(f"verifier {session.config.model!r} has no yes/no tokens to score")
+
+    def verifier_input(self, ids: list[int]) -> list[int]:
+        """The verifier's prompt: question and reasoning first, the judging question last."""
+        body = ids if self.same_vocab else self.session.encode(self.main.decode(ids))
+        return [*body, *self.judge_ids]
+
+    async def _ask(self, prompt: list[int], usage: Usage, request_id: str) -> dict[int, float]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            logprob_token_ids=[*self.yes_ids, *self.no_ids],
+            detokenize=False,
+            skip_special_tokens=False,
+        )
+        tops: dict[int, float] = {}
+        async with contextlib.aclosing(self.session.stream(prompt, params, usage, request_id)) as st:
+            async for d in st:
+                if d.top_logprobs:
+                    tops = d.top_logprobs[0]
+        return tops
+
+    async def check(self, ctx: Context, ids: list[int]) -> Check:
+        """One request with ``max_tokens=1``, scored from the yes/no logprobs."""
+        prompt = self.verifier_input(ids)
+        if len(prompt) >= self.session.max_model_len:
+            return Check(0.0, None, None, len(prompt), error="verifier prompt longer than the verifier's context")
+        usage = Usage()
+        rid = self.session.new_request_id(f"{ctx.request_prefix}.verify")
+        if self.session is self.main:
+            tops = await self._ask(prompt, usage, rid)
+        else:
+            tops = await self.session.arun(self._ask(prompt, usage, rid))
+        _add_usage(ctx.usage, usage)
+        score, y, n = yes_no_score(
+            [tops[i] for i in self.yes_ids if i in tops], [tops[i] for i in self.no_ids if i in tops]
+        )
+        return Check(score, y, n, len(prompt), usage.cached_prompt_tokens, usage.compute_tokens)
+
+
+class ServedVerifier(Verifier):
+    """A verifier behind an OpenAI-compatible ``/v1/completions`` endpoint."""
+
+    kind = "served"
+
+    def __init__(self, main: EngineSession, url: str, model: str, judge_prompt: str, timeout: float, keep_going: bool):
+        self.main = main
+        self.url = url.rstrip("/") + "/completions"
+        self.model = model
+        self.judge_prompt = judge_prompt
+        self.timeout = timeout
+        self.keep_going = keep_going
+        self.down: str | None = None  # the first failure, once the endpoint has failed (continue mode)
+        self._client: Any = None
+
+    def verifier_input(self, ids: list[int]) -> str:
+        """The verifier's prompt text: question and reasoning first, the judging question last."""
+        return self.main.decode(ids) + self.judge_prompt
+
+    async def _post(self, prompt: str) -> dict[str, Any]:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout))
+        key = os.environ.get("REASONEXIT_VERIFIER_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        body = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": SERVED_TOP_LOGPROBS,
+        }
+        # One overall deadline as well as httpx's per-phase timeouts, so a trickling server cannot hang a run.
+        resp = await asyncio.wait_for(self._client.post(self.url, json=body, headers=headers), self.timeout)
+        if resp.status_code != 200:
+            raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:200]}")
+        return resp.json()
+
+    async def check(self, ctx: Context, ids: list[int]) -> Check:
+        """One completion request; the score comes from the first token's top logprobs."""
+        if self.down is not None:
+            return Check(0.0, None, None, error=f"verifier down: {self.down}")
+        prompt = self.verifier_input(ids)
+        try:
+            data = await self._post(prompt)
+            choice = data["choices"][0]
+            top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+            first = top[0] or {}
+            usage = data.get("usage") or {}
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure of the endpoint is reported the same way
+            if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+                why = f"no answer within {self.timeout:g} s"
+            else:
+                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not self.keep_going:
+                raise UserError(f"verifier endpoint {self.url} failed: {why}") from None
+            self.down = why
+            return Check(0.0, None, None, error=why)
+        yes = [lp for t, lp in first.items() if t.strip() and "yes".startswith(t.strip().lower())]
+        no = [lp for t, lp in first.items() if t.strip() and "no".startswith(t.strip().lower())]
+        whole_yes = [lp for t, lp in first.items() if t.strip().lower() == "yes"]
+        whole_no = [lp for t, lp in first.items() if t.strip().lower() == "no"]
+        if whole_yes or whole_no:
+            yes, no = whole_yes, whole_no
+        score, y, n = yes_no_score(yes, no)
+        decoded = int(usage.get("completion_tokens", 1))
+        prompt_tokens = int(usage.get("prompt_tokens", 0))
+        details = usage.get("prompt_tokens_details") or {}
+        ctx.usage.compute_tokens += decoded
+        ctx.usage.requests += 1
+        ctx.usage.request_prompt_tokens += prompt_tokens
+        return Check(score, y, n, prompt_tokens, int(details.get("cached_tokens") or 0), decoded)
+
+
+def _trained_judge_prompt(path: str) -> str | None:
+    info = Path(path) / "verifier_info.json"
+    if info.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return str(json.loads(info.read_text())["judge_prompt"])
+    return None
+
+
+# ---------------------------------------------------------------------------- method
+class _Chunks:
+    """Finds chunk ends in a growing trace by token ids (each id's text is looked up once)."""
+
+    def __init__(self, session: EngineSession, delimiters: tuple[str, ...]) -> None:
+        self.delimiters = [d for d in delimiters if d]
+        self.texts = [session.decode([i]) for i in range(len(session.tokenizer))]
+        self.last_chars = {d[-1] for d in self.delimiters}
+
+    def ends_chunk(self, trace: list[int], floor: int) -> bool:
+        """True when the newest token ends a delimiter (inside ``trace[floor:]``)."""
+        last = self.texts[trace[-1]] if trace[-1] < len(self.texts) else ""
+        if not last or last[-1] not in self.last_chars:
+            return False
+        for d in self.delimiters:
+            acc, j = "", len(trace) - 1
+            while len(acc) < len(d) and j >= floor:
+                acc = self.texts[trace[j]] + acc
+                j -= 1
+            if acc.endswith(d):
+                return True
+        return False
+
+
+class _FlashThinkHooks:
+    """FlashThink's hooks for one problem."""
+
+    def __init__(self, method: FlashThink, chunks: _Chunks) -> None:
+        self.method = method
+        self.chunks = chunks
+        self.seen = 0  # chunk boundaries so far
+        self.think_from = 0
+
+    def boundary(self, trace: list[int], think_from: int) -> int | None:
+        """After a delimiter: every ``every``-th one, once ``min_thinking_tokens`` are thought."""
+        self.think_from = think_from
+        if len(trace) <= think_from or not self.chunks.ends_chunk(trace, think_from):
+            return None
+        self.seen += 1
+        p = self.method.params
+        if self.seen % p.every or len(trace) - think_from < p.min_thinking_tokens:
+            return None
+        return len(trace)
+
+    async def judge(self, ctx: Context, trace: list[int], cut: int) -> Verdict:
+        """Ask the verifier about the question and ``trace[:cut]``."""
+        verifier = await self.method.verifier(ctx.session)
+        check = await verifier.check(ctx, [*ctx.prompt_ids, *trace[:cut]])
+        return Verdict(
+            exit=check.error is None and check.score >= self.method.params.threshold,
+            record=check.record(),
+            tokens=check.tokens,
+            prompt_tokens=check.prompt_tokens,
+        )
+
+
+@register
+class FlashThink(EarlyExitMethod):
+    """Exit thinking after a chunk once a verifier says the reasoning is enough (FlashThink)."""
+
+    name = "flashthink"
+    Params = FlashThinkParams
+
+    def __init__(self, params: FlashThinkParams | None = None) -> None:
+        super().__init__(params)
+        self._chunks: dict[int, _Chunks] = {}
+        self._verifiers: dict[int, Verifier] = {}
+        self._lock: asyncio.Lock | None = None
+
+    def hooks(self, ctx: Context) -> _FlashThinkHooks:
+        """Chunk delimiters as the boundary, the verifier as the judge."""
+        key = id(ctx.session)
+        if key not in self._chunks:
+            self._chunks[key] = _Chunks(ctx.session, self.params.delimiters)
+        return _FlashThinkHooks(self, self._chunks[key])
+
+    def limits(self) -> ExitLimits:
+        """FlashThink's check limit and thinking budget for the shared controller."""
+        p = self.params
+        return ExitLimits(max_checks=p.max_checks, budget_ratio=p.budget_ratio, mode=p.mode, records_key="checks")
+
+    def verifier_kind(self, session: EngineSession) -> str:
+        """The verifier kind ``auto`` stands for with this reasoning model."""
+        kind = self.params.verifier
+        if kind == "auto":
+            testbed = Path(session.config.model).resolve() == Path(DEFAULT_MODEL).resolve()
+            kind = "trained" if testbed and Path(TESTBED_VERIFIER, "config.json").is_file() else "self"
+        return kind
+
+    async def verifier(self, session: EngineSession) -> Verifier:
+        """The verifier for the reasoning model of ``session`` (built once, shared by all problems)."""
+        key = id(session)
+        if key in self._verifiers:
+            return self._verifiers[key]
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if key not in self._verifiers:
+                self._verifiers[key] = await self._build_verifier(session)
+        return self._verifiers[key]
+
+    async def _build_verifier(self, main: EngineSession) -> Verifier:
+        p = self.params
+        kind = self.verifier_kind(main)
+        if kind == "self":
+            return EngineVerifier(
+                "self", main, main, DEFAULT_JUDGE_PROMPT if p.judge_prompt is None else p.judge_prompt
+            )
+        if kind == "served":
+            assert p.verifier_url and p.verifier_model
+            judge = DEFAULT_JUDGE_PROMPT if p.judge_prompt is None else p.judge_prompt
+            return ServedVerifier(
+                main, p.verifier_url, p.verifier_model, judge, p.verifier_timeout, p.on_verifier_error == "continue"
+            )
+        path = p.verifier_model or (TESTBED_VERIFIER if kind == "trained" else None)
+        if path is None:
+            raise UserError("--verifier model needs --verifier-model")
+        judge = p.judge_prompt
+        if judge is None:
+            judge = _trained_judge_prompt(path)
+        if judge is None:
+            judge = DEFAULT_JUDGE_PROMPT
+        cfg = main.config
+        config = EngineConfig(
+            model=path,
+            dtype=cfg.dtype,
+            max_model_len=main.max_model_len,
+            kv_cache_gib=p.verifier_kv_cache_gib,
+            gpu_memory_utilization=p.verifier_gpu_memory_utilization,
+            seed=cfg.seed,
+            max_num_seqs=cfg.max_num_seqs,
+            trust_remote_code=cfg.trust_remote_code,
+            no_thinking=True,
+        )
+        loop = asyncio.get_running_loop()
+        # Loading a tokenizer and starting an engine block: do it off the engine loop.
+        session = await loop.run_in_executor(None, lambda: get_session(config, name="verifier"))
+        await loop.run_in_executor(None, session.start)
+        return await loop.run_in_executor(None, lambda: EngineVerifier(kind, main, session, judge))
