@@ -18,7 +18,8 @@ Protocol (lines on stdin):
 ``end``
     the engine has started: adopt no more children.
 
-Every quarter second the watchdog also records the descendants of the adopted processes. When
+The watchdog records the descendants of the adopted processes (every quarter second while the
+engine starts, every two seconds after). When
 its input ends (the parent closed it, or died) or its parent changes (the parent died while a
 forked child still holds the pipe), it sends SIGTERM to every recorded process still running
 (EngineCore and workers shut down in order on SIGTERM), waits up to four seconds, sends SIGKILL
@@ -30,10 +31,13 @@ from __future__ import annotations
 import os
 import select
 import sys
+import time
 
 import psutil
 
 POLL_S = 0.25
+#: Seconds between scans of the process tree once the engine is up (its processes are set by then).
+SCAN_S = 2.0
 GRACE_S = 4.0
 
 
@@ -59,6 +63,7 @@ def main() -> int:
     roots: dict[int, psutil.Process] = {}
     fd = sys.stdin.fileno()
     buf = b""
+    last_scan = 0.0
     while True:
         ready, _, _ = select.select([fd], [], [], POLL_S)
         if ready:
@@ -80,6 +85,9 @@ def main() -> int:
                     adopting = False
         if os.getppid() != parent_pid:
             break
+        if not adopting and time.monotonic() - last_scan < SCAN_S:
+            continue
+        last_scan = time.monotonic()
         try:
             if adopting and owner is not None:
                 for child in owner.children():

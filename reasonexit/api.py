@@ -254,7 +254,10 @@ def evaluate(
 
     def on_result(res: Result) -> None:
         row = {**res.to_row(), "run": signature}
-        writer.write(row)
+        try:
+            writer.write(row)
+        except OSError as exc:  # disk full, file removed under us, ...: stop the run, one line
+            raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from None
         latest[str(row["id"])] = row
         new_rows.append(row)
         stats.add(row)
