@@ -69,6 +69,7 @@ def main() -> int:
         if ready:
             chunk = os.read(fd, 4096)
             if not chunk:
+                _scan(owner if adopting else None, baseline, roots, known)  # a last look
                 break  # input closed: the parent shut down, or died
             buf += chunk
             while b"\n" in buf:
@@ -88,19 +89,32 @@ def main() -> int:
         if not adopting and time.monotonic() - last_scan < SCAN_S:
             continue
         last_scan = time.monotonic()
-        try:
-            if adopting and owner is not None:
-                for child in owner.children():
-                    if child.pid not in baseline and child.pid not in roots and not _is_helper(child):
-                        roots[child.pid] = child
-            for root in list(roots.values()):
-                for proc in [root, *root.children(recursive=True)]:
-                    if proc.pid not in known and not _is_helper(proc):
-                        known[proc.pid] = proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
+        _scan(owner if adopting else None, baseline, roots, known)
     _stop(list(known.values()))
     return 0
+
+
+def _scan(
+    owner: psutil.Process | None,
+    baseline: set[int],
+    roots: dict[int, psutil.Process],
+    known: dict[int, psutil.Process],
+) -> None:
+    """Adopt new children of ``owner`` (when given) and record every descendant of the roots."""
+    try:
+        if owner is not None:
+            for child in owner.children():
+                if child.pid not in baseline and child.pid not in roots and not _is_helper(child):
+                    roots[child.pid] = child
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+    for root in list(roots.values()):
+        try:
+            for proc in [root, *root.children(recursive=True)]:
+                if proc.pid not in known and not _is_helper(proc):
+                    known[proc.pid] = proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
 
 
 def _stop(procs: list[psutil.Process]) -> None:

@@ -143,6 +143,8 @@ class EngineSession:
         self._closed = False
         self._start_lock = threading.Lock()
         self._watchdog: subprocess.Popen | None = None
+        #: True when a caller gave up waiting for the engine start (the loop thread is still in it).
+        self._start_abandoned = False
         atexit.register(self.close)
 
     @property
@@ -177,11 +179,12 @@ class EngineSession:
                     engine = fut.result()
                 except BaseException:
                     # Interrupted while the engine starts (about half a minute): whatever comes up
-                    # is shut down once it is up; if this process exits first, the watchdog stops it.
+                    # is shut down once it is up; the watchdog keeps adopting the processes the
+                    # start still spawns and stops them all when this process exits.
+                    self._start_abandoned = not fut.done()
                     fut.add_done_callback(_shutdown_late_engine)
                     raise
-                finally:
-                    self._watchdog_say("end")
+                self._watchdog_say("end")
             self.max_model_len = int(engine.model_config.max_model_len)
             self._engine = engine
 
@@ -305,6 +308,12 @@ class EngineSession:
         if self._closed:
             return
         self._closed = True
+        if self._start_abandoned:
+            # The loop thread is still inside vLLM's (blocking) engine start: waiting for it would
+            # take as long as the start. The thread is a daemon and ends with the process; vLLM's
+            # own exit hook and then the watchdog (its input closes when this process exits) stop
+            # the engine processes.
+            return
         engine, self._engine = self._engine, None
         # Cancel what still runs on our loop (vLLM's output handler, interrupted controllers) and
         # stop the loop before the engine core goes: the output handler then cannot report the
@@ -334,7 +343,11 @@ class EngineSession:
         """
         if threading.current_thread() is self._thread:
             raise RuntimeError("EngineSession.run called from the engine loop; await the coroutine instead")
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            coro.close()  # never started: no "coroutine was never awaited" warning
+            raise
         created: concurrent.futures.Future[asyncio.Task] = concurrent.futures.Future()
         finished = threading.Event()
 
