@@ -3,14 +3,35 @@
 Early-exit methods on a shared vLLM engine (``vanilla`` and ``budget`` baselines; DEER,
 FlashThink and First Finish Search plug into the same method interface) and S-GRPO training on
 TRL. Start with :func:`generate`, or ``reasonexit eval`` on the command line.
+
+The names below are imported on first use: importing vLLM takes seconds, and the command line
+installs its signal handlers before that (a Ctrl-C while it loads gets one line, not a traceback).
 """
 
-from .api import agenerate, evaluate, generate
-from .engine import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import UserError
-from .results import Result
+
+if TYPE_CHECKING:
+    from .api import agenerate, evaluate, generate
+    from .engine import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+    from .results import Result
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "agenerate": "api",
+    "evaluate": "api",
+    "generate": "api",
+    "DEFAULT_MODEL": "engine",
+    "EngineConfig": "engine",
+    "EngineSession": "engine",
+    "get_session": "engine",
+    "Result": "results",
+}
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -23,3 +44,16 @@ __all__ = [
     "generate",
     "get_session",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reasonexit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -18,7 +18,8 @@ Protocol (lines on stdin):
 ``end``
     the engine has started: adopt no more children.
 
-Every quarter second the watchdog also records the descendants of the adopted processes. When
+The watchdog records the descendants of the adopted processes (every quarter second while the
+engine starts, every two seconds after). When
 its input ends (the parent closed it, or died) or its parent changes (the parent died while a
 forked child still holds the pipe), it sends SIGTERM to every recorded process still running
 (EngineCore and workers shut down in order on SIGTERM), waits up to four seconds, sends SIGKILL
@@ -30,10 +31,13 @@ from __future__ import annotations
 import os
 import select
 import sys
+import time
 
 import psutil
 
 POLL_S = 0.25
+#: Seconds between scans of the process tree once the engine is up (its processes are set by then).
+SCAN_S = 2.0
 GRACE_S = 4.0
 
 
@@ -59,11 +63,13 @@ def main() -> int:
     roots: dict[int, psutil.Process] = {}
     fd = sys.stdin.fileno()
     buf = b""
+    last_scan = 0.0
     while True:
         ready, _, _ = select.select([fd], [], [], POLL_S)
         if ready:
             chunk = os.read(fd, 4096)
             if not chunk:
+                _scan(owner if adopting else None, baseline, roots, known)  # a last look
                 break  # input closed: the parent shut down, or died
             buf += chunk
             while b"\n" in buf:
@@ -80,19 +86,35 @@ def main() -> int:
                     adopting = False
         if os.getppid() != parent_pid:
             break
-        try:
-            if adopting and owner is not None:
-                for child in owner.children():
-                    if child.pid not in baseline and child.pid not in roots and not _is_helper(child):
-                        roots[child.pid] = child
-            for root in list(roots.values()):
-                for proc in [root, *root.children(recursive=True)]:
-                    if proc.pid not in known and not _is_helper(proc):
-                        known[proc.pid] = proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
+        if not adopting and time.monotonic() - last_scan < SCAN_S:
+            continue
+        last_scan = time.monotonic()
+        _scan(owner if adopting else None, baseline, roots, known)
     _stop(list(known.values()))
     return 0
+
+
+def _scan(
+    owner: psutil.Process | None,
+    baseline: set[int],
+    roots: dict[int, psutil.Process],
+    known: dict[int, psutil.Process],
+) -> None:
+    """Adopt new children of ``owner`` (when given) and record every descendant of the roots."""
+    try:
+        if owner is not None:
+            for child in owner.children():
+                if child.pid not in baseline and child.pid not in roots and not _is_helper(child):
+                    roots[child.pid] = child
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        pass
+    for root in list(roots.values()):
+        try:
+            for proc in [root, *root.children(recursive=True)]:
+                if proc.pid not in known and not _is_helper(proc):
+                    known[proc.pid] = proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
 
 
 def _stop(procs: list[psutil.Process]) -> None:

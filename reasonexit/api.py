@@ -271,7 +271,10 @@ def evaluate(
         row = {**res.to_row(), "run": signature}
         if samples > 1:
             row["problem_id"], row["sample"] = sample_of[str(row["id"])]
-        writer.write(row)
+        try:
+            writer.write(row)
+        except OSError as exc:  # disk full, file removed under us, ...: stop the run, one line
+            raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from None
         latest[str(row["id"])] = row
         new_rows.append(row)
         stats.add(row)

@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     _route_logs(str(getattr(args, "quiet", "false")).lower() in ("1", "true", "yes", "on"))
     try:
         if args.command == "eval":
+            # installed before vLLM is imported (seconds): a signal at any point gets one line
             return _with_signal_handlers(cmd_eval, args, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

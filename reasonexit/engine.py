@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -205,6 +206,8 @@ class EngineSession:
         self._closed = False
         self._start_lock = threading.Lock()
         self._watchdog: subprocess.Popen | None = None
+        #: True when a caller gave up waiting for the engine start (the loop thread is still in it).
+        self._start_abandoned = False
         atexit.register(self.close)
 
     @property
@@ -234,17 +237,18 @@ class EngineSession:
             # with "force killing EngineCore" and leaked shared memory; 1 s lets workers go first.
             os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "1")
             self._start_watchdog()
-            with _engine_processes_in_own_session(self._thread):
+            with _engine_processes_in_own_group(self._thread):
                 fut = asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop)
                 try:
                     engine = fut.result()
                 except BaseException:
                     # Interrupted while the engine starts (about half a minute): whatever comes up
-                    # is shut down once it is up; if this process exits first, the watchdog stops it.
+                    # is shut down once it is up; the watchdog keeps adopting the processes the
+                    # start still spawns and stops them all when this process exits.
+                    self._start_abandoned = not fut.done()
                     fut.add_done_callback(_shutdown_late_engine)
                     raise
-                finally:
-                    self._watchdog_say("end")
+                self._watchdog_say("end")
             self.max_model_len = int(engine.model_config.max_model_len)
             self._engine = engine
 
@@ -399,6 +403,12 @@ class EngineSession:
         if self._closed:
             return
         self._closed = True
+        if self._start_abandoned:
+            # The loop thread is still inside vLLM's (blocking) engine start: waiting for it would
+            # take as long as the start. The thread is a daemon and ends with the process; vLLM's
+            # own exit hook and then the watchdog (its input closes when this process exits) stop
+            # the engine processes.
+            return
         engine, self._engine = self._engine, None
         # Cancel what still runs on our loop (vLLM's output handler, interrupted controllers) and
         # stop the loop before the engine core goes: the output handler then cannot report the
@@ -730,30 +740,42 @@ def resolve_dtype(config: EngineConfig) -> tuple[str, str | None]:
 # requests (EngineDeadError, thousands of lines of traceback, exit 1). Blocking or ignoring SIGINT
 # in the starting thread does not help: the mask was not inherited by the spawned processes here
 # (measured: SigBlk 0 in /proc/<EngineCore>/status) and vLLM installs its own handlers over
-# SIG_IGN. What works is starting the engine processes in a session of their own (setsid), which
-# takes them out of the terminal's process group: for "spawn" through multiprocessing's
-# executable hook (a tiny wrapper that calls setsid and execs the real interpreter with the same
-# arguments; vLLM uses the same hook for numactl), for "fork" through an at-fork hook active only
-# for forks made by the engine thread while the engine starts. Workers inherit the new session
-# from their EngineCore. Ctrl-C then reaches only reasonexit, which shuts down in order; vLLM still
-# stops its processes with SIGTERM. Leaving the session also means the processes no longer get
-# the terminal's SIGHUP: the watchdog (``_watchdog.py``) covers every way this process can die.
-_SETSID_FORKS_FROM: int | None = None
+# SIG_IGN. What works is starting the engine processes in a process group of their own
+# (setpgid), which takes them out of the terminal's foreground group: for "spawn" through
+# multiprocessing's executable hook (a tiny wrapper that calls setpgid and execs the real
+# interpreter with the same arguments; vLLM uses the same hook for numactl), for "fork" through
+# an at-fork hook active only for forks made by the engine thread while the engine starts.
+# Workers inherit the group from their EngineCore. Ctrl-C then reaches only reasonexit, which
+# shuts down in order; vLLM still stops its processes with SIGTERM.
+# A new process group, not a new session (setsid): Linux schedules sessions as separate CPU
+# "autogroups", and an engine in its own autogroup out-ran the controllers' loop on a busy CPU
+# (aborted FFS branches decoded ~50 tokens too many in tests/test_ffs.py). SIGTTOU is ignored in
+# the group so its log writes to the terminal never stop it (``stty tostop``). The terminal's
+# SIGHUP now reaches only reasonexit; if it dies of it, the watchdog (``_watchdog.py``) stops the
+# engine, as for every other way this process can die.
+_NEW_GROUP_FORKS_FROM: int | None = None
 _WRAPPER_DIR: str | None = None
 
 
-def _setsid_after_fork() -> None:
-    if _SETSID_FORKS_FROM is not None and threading.get_ident() == _SETSID_FORKS_FROM:
-        with contextlib.suppress(OSError):
-            os.setsid()
+def _own_group() -> None:
+    """Put this (just forked or spawned) engine process in a process group of its own."""
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    with contextlib.suppress(OSError, ValueError):
+        signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+
+
+def _new_group_after_fork() -> None:
+    if _NEW_GROUP_FORKS_FROM is not None and threading.get_ident() == _NEW_GROUP_FORKS_FROM:
+        _own_group()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_setsid_after_fork)
+    os.register_at_fork(after_in_child=_new_group_after_fork)
 
 
-def _setsid_wrapper(real: str) -> str | None:
-    """An executable that runs ``real`` (the Python multiprocessing spawns) in a new session."""
+def _own_group_wrapper(real: str) -> str | None:
+    """An executable that runs ``real`` (the Python multiprocessing spawns) in a new process group."""
     global _WRAPPER_DIR
     if " " in sys.executable or len(sys.executable) > 120:
         return None  # a shebang line cannot hold it
@@ -764,11 +786,12 @@ def _setsid_wrapper(real: str) -> str | None:
 
             _WRAPPER_DIR = tempfile.mkdtemp(prefix="reasonexit-")
             atexit.register(shutil.rmtree, _WRAPPER_DIR, True)
-        path = Path(_WRAPPER_DIR) / "python-setsid"
+        path = Path(_WRAPPER_DIR) / "python-own-group"
         path.write_text(
             f"#!{sys.executable}\n"
-            "import os, sys\n"
-            "try:\n    os.setsid()\nexcept OSError:\n    pass\n"
+            "import os, signal, sys\n"
+            "try:\n    os.setpgid(0, 0)\nexcept OSError:\n    pass\n"
+            "signal.signal(signal.SIGTTOU, signal.SIG_IGN)\n"
             f"os.execv({real!r}, [{real!r}, *sys.argv[1:]])\n"
         )
         path.chmod(0o755)
@@ -778,20 +801,20 @@ def _setsid_wrapper(real: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _engine_processes_in_own_session(thread: threading.Thread):
-    """While the engine starts, processes it spawns or forks start in a session of their own."""
-    global _SETSID_FORKS_FROM
+def _engine_processes_in_own_group(thread: threading.Thread):
+    """While the engine starts, processes it spawns or forks start in a process group of their own."""
+    global _NEW_GROUP_FORKS_FROM
     import multiprocessing.spawn as mp_spawn
 
     previous = mp_spawn.get_executable()
-    wrapper = _setsid_wrapper(os.fsdecode(previous)) if previous else None
+    wrapper = _own_group_wrapper(os.fsdecode(previous)) if previous else None
     if wrapper is not None:
         mp_spawn.set_executable(wrapper)
-    _SETSID_FORKS_FROM = thread.ident
+    _NEW_GROUP_FORKS_FROM = thread.ident
     try:
         yield
     finally:
-        _SETSID_FORKS_FROM = None
+        _NEW_GROUP_FORKS_FROM = None
         if wrapper is not None:
             mp_spawn.set_executable(previous)
 

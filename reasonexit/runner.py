@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -204,13 +205,22 @@ def check_run_file(path: str | os.PathLike) -> None:
     if not parent.is_dir():
         raise UserError(f"--out {path}: {parent} is not a directory")
     if not p.exists():
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(f"--out {path}: cannot create files in {parent}")
+        # Try it: permission bits do not tell (root passes os.access; /proc refuses anyway). A
+        # hidden probe file is created and removed at once; the result file itself is not created.
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".reasonexit-probe-", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise UserError(f"--out {path}: cannot create files in {parent} ({exc.strerror or exc})") from None
         return
     if not p.is_file():
         raise UserError(f"--out {path} is not a regular file")
-    if not os.access(p, os.R_OK | os.W_OK):
-        raise UserError(f"--out {path} is not writable")
+    try:
+        with p.open("ab"):  # opening for append changes nothing in the file
+            pass
+    except OSError as exc:
+        raise UserError(f"--out {path} is not writable ({exc.strerror or exc})") from None
     with p.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.endswith(b"\n"):

@@ -5,7 +5,7 @@ eval ...`` in a session of its own), sends it a random signal at a random moment
 process group, as Ctrl-C does; SIGTERM or SIGKILL to the process, as ``kill`` does), then runs
 the same command again to resume and finish. It records:
 
-- the killed run's exit status and the time it took to exit;
+- the killed run's exit status, the time it took to exit, and the last line it printed;
 - engine processes (every descendant of the run seen while it ran) still alive 10 s after the
   run exited: *orphans* (they are killed afterwards so the next round starts clean);
 - after the resume: rows in the file, unique problem ids, torn or unparsable lines, and whether
@@ -51,6 +51,7 @@ class Round:
     exit_code: int | None
     exit_s: float
     orphans: int
+    last_line: str
     rows: int
     unique: int
     torn: int
@@ -151,6 +152,12 @@ def kill_run(cmd: list[str], out: Path, sig: str, kill_at: float, log) -> tuple[
     return code, exit_s, rows_at_kill, len(alive)
 
 
+def _last_line(log: Path) -> str:
+    """The line reasonexit printed last about the run ending ('' if none, e.g. after SIGKILL)."""
+    lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(("interrupted", "reasonexit:"))]
+    return lines[-1] if lines else ""
+
+
 def _running(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
@@ -164,8 +171,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--limit", type=int, default=16, help="problems a run")
     ap.add_argument("--max-tokens", type=int, default=256)
-    ap.add_argument("--max-in-flight", type=int, default=4)
-    ap.add_argument("--max-kill-s", type=float, default=90.0, help="kill at a uniform time in [2, this] seconds")
+    ap.add_argument("--max-in-flight", type=int, default=2, help="2: rows arrive one by one over the run")
+    ap.add_argument(
+        "--max-kill-s",
+        type=float,
+        default=60.0,
+        help="signal at a uniform time in [1, this] seconds (engine start is ~30-40 s on 2 CPU cores)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--signals", default="SIGINT,SIGTERM,SIGKILL", help="comma-separated signals to draw from")
     ap.add_argument("--workdir", default=None, help="where result files and logs go (default: a temp dir)")
@@ -176,15 +188,18 @@ def main() -> int:
     rounds: list[Round] = []
     for i in range(1, args.rounds + 1):
         sig = rng.choice(args.signals.split(","))
-        kill_at = rng.uniform(2.0, args.max_kill_s)
+        kill_at = rng.uniform(1.0, args.max_kill_s)
         out = work / f"round{i:02d}.jsonl"
         out.unlink(missing_ok=True)
         cmd = eval_command(out, args)
-        with (work / f"round{i:02d}.log").open("w") as log:
+        killed_log = work / f"round{i:02d}.killed.log"
+        with killed_log.open("w") as log:
             code, exit_s, at_kill, orphans = kill_run(cmd, out, sig, kill_at, log)
+        last = _last_line(killed_log)
+        with (work / f"round{i:02d}.resume.log").open("w") as log:
             resume = subprocess.run(cmd, env=run_env(), stdout=log, stderr=log, start_new_session=True)
         rows, ids, torn = count_lines(out)
-        r = Round(i, sig, kill_at, at_kill, code, exit_s, orphans, rows, len(ids), torn, resume.returncode)
+        r = Round(i, sig, kill_at, at_kill, code, exit_s, orphans, last, rows, len(ids), torn, resume.returncode)
         rounds.append(r)
         print(
             f"round {i}: {sig} at {kill_at:.1f}s ({at_kill} rows) -> exit {code} in {exit_s:.1f}s, "
@@ -193,13 +208,15 @@ def main() -> int:
             flush=True,
         )
     print(f"\n{args.rounds} rounds, --limit {args.limit} --max-tokens {args.max_tokens} (logs: {work})\n")
-    print("| round | signal | sent at (s) | rows then | exit | exit took (s) | orphans | rows after resume | unique "
-          "| torn |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| round | signal | sent at (s) | rows then | exit | exit took (s) | last line | orphans "
+        "| rows after resume | unique | torn |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rounds:
         print(
             f"| {r.index} | {r.signal} | {r.kill_at_s:.1f} | {r.rows_at_kill} | {r.exit_code} | {r.exit_s:.1f} | "
-            f"{r.orphans} | {r.rows} | {r.unique} | {r.torn} |"
+            f"{r.last_line or '-'} | {r.orphans} | {r.rows} | {r.unique} | {r.torn} |"
         )
     good = sum(r.ok(args.limit) for r in rounds)
     print(

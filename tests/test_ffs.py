@@ -262,8 +262,11 @@ def test_aborted_branches_stop_growing(session):
 def test_a_failing_branch_fails_the_problem_and_aborts_the_others(session):
     method = _ffs(n=3)
     method.inner = _FailingFirst(decode=[0, 400, 400])
-    with pytest.raises(ValueError, match="branch 0 failed"):
-        generate(PROMPTS[:1], method, session=session, max_tokens=400)
+    # the problem gets an error result (the other problems of a run would go on) ...
+    (res,) = generate(PROMPTS[:1], method, session=session, max_tokens=400)
+    assert res.exit_reason == "error" and res.error is not None and "branch 0 failed" in res.error
+    assert res.output_tokens == 0 and res.correct is None
+    # ... and its other branches were aborted
     assert session.engine.get_num_unfinished_requests() == 0
 
 
@@ -337,7 +340,11 @@ def test_first_k_finish_votes_among_the_first_finishers(session, majority4):
 
 def test_ffs_runs_an_early_exit_method_in_each_branch(session):
     budget = 32
-    res = generate(PROMPTS[:3], "ffs", session=session, max_tokens=160, n=3, inner="budget", max_thinking_tokens=budget)
+    # reasonexit's budget rule: it counts the completion's thinking only, so the cap is exact
+    res = generate(
+        PROMPTS[:3], "ffs", session=session, max_tokens=160, n=3, inner="budget", max_thinking_tokens=budget,
+        impl="reasonexit",
+    )  # fmt: skip
     for r in res:
         assert r.params["inner"] == "budget" and r.params["inner_options"]["max_thinking_tokens"] == budget
         done = [b for b in r.info["branches"] if b["status"] != ABORTED]
