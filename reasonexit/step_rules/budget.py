@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..thinking import find_subsequence
+from ..thinking import ThinkingTracker
 from .base import StepRule
 
 #: ``extra_args`` key that switches budget forcing on for one request.
@@ -39,7 +39,7 @@ def budget_args(
 
 
 class BudgetRule(StepRule):
-    """One request's budget state; :meth:`step` reads the output scanned so far, never rescans it."""
+    """One request's budget state; thinking is followed by the shared :class:`ThinkingTracker`."""
 
     key = BUDGET_KEY
 
@@ -52,11 +52,8 @@ class BudgetRule(StepRule):
         in_thinking: bool,
     ) -> None:
         self.budget = int(budget)
-        self.start_ids = tuple(start_ids)
-        self.end_ids = tuple(end_ids)
-        self.forced_ids = tuple(forced_ids) or self.end_ids
-        self.think_from: int | None = 0 if in_thinking else None  # output index where thinking began
-        self.scanned = 0  # output tokens already searched for markers
+        self.forced_ids = tuple(forced_ids) or tuple(end_ids)
+        self.tracker = ThinkingTracker(start_ids, end_ids, opened=in_thinking)
         self.forced_from: int | None = None  # output index where forcing began
         self.done = False
 
@@ -81,24 +78,18 @@ class BudgetRule(StepRule):
         """The token to force now, or None (and mark the rule done once it can force no more)."""
         if self.done:
             return None
-        n = len(output)
         if self.forced_from is not None:
-            k = n - self.forced_from
+            k = len(output) - self.forced_from
             if k < len(self.forced_ids):
                 return self.forced_ids[k]
             self.done = True
             return None
-        if self.think_from is None:
-            pos = find_subsequence(output, self.start_ids, self.scanned) if self.start_ids else -1
-            if pos < 0:
-                self.scanned = max(0, n - len(self.start_ids) + 1)
-                return None
-            self.think_from = self.scanned = pos + len(self.start_ids)
-        if find_subsequence(output, self.end_ids, self.scanned) >= 0:
+        tracker = self.tracker
+        tracker.feed_many(output[tracker.n :])  # only the tokens committed since the last step
+        if tracker.closed:
             self.done = True  # the model closed thinking by itself
             return None
-        self.scanned = max(self.think_from, n - len(self.end_ids) + 1)
-        if n - self.think_from >= self.budget:
-            self.forced_from = n
+        if tracker.in_thinking and tracker.thinking_tokens >= self.budget:
+            self.forced_from = len(output)
             return self.forced_ids[0]
         return None
