@@ -316,7 +316,9 @@ def _load_local_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     return list(ds), list(ds.column_names)
 
 
-def _load_hub_rows(spec: DatasetSpec, split: str | None, limit: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+def _load_hub_rows(
+    spec: DatasetSpec, split: str | None, limit: int | None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and column names of a registry set, downloaded from the Hugging Face hub."""
     assert spec.hub is not None
     split = split or spec.split
@@ -355,7 +357,9 @@ def _resolve_field(
             return explicit
         if explicit.lower() in lowered:
             return lowered[explicit.lower()]
-        raise UserError(f"{role} field {explicit!r} is not a column of {source}; columns: {', '.join(columns)}")
+        raise UserError(
+            f"{role} field {explicit!r} is not a column of {source}; columns: {', '.join(columns)}"
+        )
     for cand in candidates:
         if cand.lower() in lowered:
             return lowered[cand.lower()]
@@ -538,7 +542,9 @@ def _rows_to_problems(
         else:
             pid = f"{name}-{index}"
         if pid in seen:
-            raise UserError(f"{source}: rows {seen[pid]} and {index} have the same id {pid!r}; ids must be unique")
+            raise UserError(
+                f"{source}: rows {seen[pid]} and {index} have the same id {pid!r}; ids must be unique"
+            )
         seen[pid] = index
 
         if kind == "choice" and choice_seed is not None and "choices" not in meta:

@@ -55,56 +55,12 @@ _LEVELS: dict[int, tuple[tuple[int, int], int, int, int, tuple[str, ...]]] = {
 }
 
 _NAMES_SHE = (
-    "Mia",
-    "Emma",
-    "Lily",
-    "Sara",
-    "Nora",
-    "Ava",
-    "Zoe",
-    "Anna",
-    "Ruth",
-    "Kate",
-    "Lucy",
-    "Ella",
-    "Grace",
-    "Chloe",
-    "Maya",
-    "Hannah",
-    "Julia",
-    "Rosa",
-    "Ivy",
-    "Alice",
-    "Clara",
-    "Fatima",
-    "Priya",
-    "Yuki",
+    "Mia", "Emma", "Lily", "Sara", "Nora", "Ava", "Zoe", "Anna", "Ruth", "Kate", "Lucy", "Ella",
+    "Grace", "Chloe", "Maya", "Hannah", "Julia", "Rosa", "Ivy", "Alice", "Clara", "Fatima", "Priya", "Yuki",
 )
 _NAMES_HE = (
-    "Tom",
-    "Sam",
-    "Leo",
-    "Max",
-    "Ben",
-    "Jack",
-    "Omar",
-    "Liam",
-    "Noah",
-    "Dan",
-    "Eli",
-    "Owen",
-    "Lucas",
-    "Henry",
-    "Oscar",
-    "Ravi",
-    "Diego",
-    "Felix",
-    "Hugo",
-    "Ivan",
-    "Kenji",
-    "Marco",
-    "Peter",
-    "Victor",
+    "Tom", "Sam", "Leo", "Max", "Ben", "Jack", "Omar", "Liam", "Noah", "Dan", "Eli", "Owen",
+    "Lucas", "Henry", "Oscar", "Ravi", "Diego", "Felix", "Hugo", "Ivan", "Kenji", "Marco", "Peter", "Victor",
 )
 _ITEMS = (
     ("apple", "apples"),
@@ -153,7 +109,9 @@ def _bucket(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big") % 10
 
 
-def _pick_op(rng: random.Random, value: int, ops: tuple[str, ...], max_operand: int, cap: int) -> dict[str, Any]:
+def _pick_op(
+    rng: random.Random, value: int, ops: tuple[str, ...], max_operand: int, cap: int
+) -> dict[str, Any]:
     """Choose one operation applicable to ``value`` (result at most ``cap``); return its step."""
     while True:
         op = rng.choice(ops)
@@ -456,7 +414,9 @@ def _recheck_count(rng: random.Random) -> int:
     return rng.choices(range(len(RECHECK_WEIGHTS)), weights=RECHECK_WEIGHTS)[0]
 
 
-def make_trace(problem: dict[str, Any], rng: random.Random, error_rate: float = 0.12) -> tuple[str, str]:
+def make_trace(
+    problem: dict[str, Any], rng: random.Random, error_rate: float = 0.12
+) -> tuple[str, str]:
     """Build a reasoning trace for a generated problem.
 
     Args:

@@ -1,6 +1,6 @@
 """FlashThink vs vanilla and DEER on the bundled testbed, in one run on one engine, all problems in flight.
 
-    python scripts/bench_flashthink.py --limit 128 --sweep 0.3,0.5,0.7,0.9 --deer-sweep 0.8,0.9,0.95,0.99 \\
+    python scripts/bench_flashthink.py --limit 128 --sweep 0.5,0.7,0.9,0.95 --deer-sweep 0.8,0.9,0.95,0.99 \\
         --plot flashthink_sweep.png
 
 Prints side by side: vanilla, ``deer``, ``flashthink`` with the ``self`` verifier and with the
@@ -23,10 +23,10 @@ def main() -> int:
     """Run the benchmark and print its tables."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bench_args(ap, limit=128)
-    ap.add_argument("--threshold", type=float, default=0.5, help="FlashThink threshold (both verifiers)")
+    ap.add_argument("--threshold", type=float, default=0.9, help="FlashThink threshold (both verifiers)")
     ap.add_argument("--deer-threshold", type=float, default=0.95)
     ap.add_argument("--verifier-model", default=None, help="trained verifier (default: the testbed's)")
-    ap.add_argument("--sweep", default="0.3,0.5,0.7,0.9", help="FlashThink (trained) thresholds")
+    ap.add_argument("--sweep", default="0.5,0.7,0.9,0.95", help="FlashThink (trained) thresholds")
     ap.add_argument("--deer-sweep", default="0.8,0.9,0.95,0.99")
     ap.add_argument("--plot", default="flashthink_sweep.png")
     args = ap.parse_args()

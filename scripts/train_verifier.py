@@ -81,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="vLLM dtype for the traces")
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--recheck", action="store_true", help="only re-run the held-out check of the verifier in --out")
     args = p.parse_args(argv)
     if "\\n" in args.judge_prompt:
         args.judge_prompt = args.judge_prompt.encode().decode("unicode_escape")
@@ -207,6 +208,40 @@ def examples(row: dict, judge: list[int], yes_tok: int, no_tok: int, pad: int) -
     return out
 
 
+def heldout_check(model, tokenizer, test: list[dict], judge: list[int], yes_tok: int, no_tok: int) -> dict:
+    """Accuracy on held-out boundaries, scored as FlashThink scores (P(yes) / (P(yes) + P(no)))."""
+    import torch
+
+    from reasonexit.methods.flashthink import answer_token_ids, yes_no_score
+
+    model = model.to(torch.float32).eval()
+    texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
+    yes_ids, no_ids = answer_token_ids(texts)
+    right = tp = fp = pos = n_test = 0
+    with torch.no_grad():
+        for r in test:
+            for ex in examples(r, judge, yes_tok, no_tok, tokenizer.eos_token_id):
+                lps = torch.log_softmax(model(torch.tensor([ex["input_ids"]])).logits[0].float(), -1)
+                for at, tok in enumerate(ex["labels"]):
+                    if tok == -100:
+                        continue
+                    # logits at position at-1 predict the token at ``at``
+                    row = lps[at - 1]
+                    score = yes_no_score([float(row[i]) for i in yes_ids], [float(row[i]) for i in no_ids])[0]
+                    said, truth = score >= 0.5, tok == yes_tok
+                    n_test += 1
+                    right += said == truth
+                    tp += said and truth
+                    fp += said and not truth
+                    pos += said
+    return {
+        "heldout_boundaries": n_test,
+        "heldout_accuracy": round(right / max(1, n_test), 4),
+        "heldout_precision_yes": round(tp / max(1, pos), 4),
+        "heldout_yes_share": round(pos / max(1, n_test), 4),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """Collect labels, train, check on held-out problems, save."""
     args = parse_args(argv)
@@ -221,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     from trl import SFTConfig, SFTTrainer
 
     from reasonexit.engine import DEFAULT_MODEL
-    from reasonexit.methods.flashthink import answer_token_ids, yes_no_score
 
     torch.set_num_threads(args.threads)
     set_seed(args.seed)
@@ -240,6 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     train = [r for r in rows if r["problem"] not in held]
     test = [r for r in rows if r["problem"] in held]
     judge = tokenizer.encode(args.judge_prompt, add_special_tokens=False)
+    if args.recheck:
+        # Score an already trained verifier (--out) on the same held-out problems; refresh its record.
+        trained = AutoModelForCausalLM.from_pretrained(str(args.out), dtype=torch.float32)
+        check = heldout_check(trained, tokenizer, test, judge, yes_tok, no_tok)
+        print(f"[check] {check}", flush=True)
+        info_path = args.out / "verifier_info.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info.update(check)
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        return 0
     data = Dataset.from_list([ex for r in train for ex in examples(r, judge, yes_tok, no_tok, tokenizer.eos_token_id)])
     n_tok = sum(len(x) for x in data["input_ids"])
     n_train_cuts = sum(len(r["cuts"]) for r in train)
@@ -279,33 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     train_min = (time.time() - t_train) / 60
     print(f"[train] done in {train_min:.1f} min", flush=True)
 
-    # Held-out check, scored as FlashThink scores (P(yes) / (P(yes) + P(no)) over the yes/no tokens).
-    model = trainer.model.to(torch.float32).eval()
-    texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]
-    yes_ids, no_ids = answer_token_ids(texts)
-    right = tp = fp = pos = n_test = 0
-    with torch.no_grad():
-        for r in test:
-            for ex in examples(r, judge, yes_tok, no_tok, tokenizer.eos_token_id):
-                lps = torch.log_softmax(model(torch.tensor([ex["input_ids"]])).logits[0].float(), -1)
-                for at, tok in enumerate(ex["labels"]):
-                    if tok == -100:
-                        continue
-                    # logits at position at-1 predict the token at ``at``
-                    row = lps[at - 1]
-                    score = yes_no_score([float(row[i]) for i in yes_ids], [float(row[i]) for i in no_ids])[0]
-                    said, truth = score >= 0.5, tok == yes_tok
-                    n_test += 1
-                    right += said == truth
-                    tp += said and truth
-                    fp += said and not truth
-                    pos += said
-    check = {
-        "heldout_boundaries": n_test,
-        "heldout_accuracy": round(right / max(1, n_test), 4),
-        "heldout_precision_yes": round(tp / max(1, pos), 4),
-        "heldout_yes_share": round(pos / max(1, n_test), 4),
-    }
+    check = heldout_check(trainer.model, tokenizer, test, judge, yes_tok, no_tok)
     print(f"[check] {check}", flush=True)
 
     out: Path = args.out

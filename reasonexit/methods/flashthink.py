@@ -29,10 +29,11 @@ Verifiers (one interface, :class:`Verifier`), chosen with ``--verifier``:
   ships one (``reasonexit/assets/tiny_verifier``); ``auto`` (default) uses it for the testbed and
   ``self`` for any other model.
 
-Yes/no tokens: the vocabulary tokens whose text, stripped and lower-cased, is ``yes`` / ``no``; a
-tokenizer without such whole-word tokens (the testbed's) uses tokens that are a prefix of them
-(``y``, ``Y``, ``n``, ``No``...). When neither kind shows up in a served endpoint's top logprobs
-the score is 0 (no evidence for an exit).
+Yes/no tokens: every vocabulary token whose text, stripped and lower-cased, is a non-empty prefix
+of ``yes`` / ``no`` (``yes``, `` Yes``, ``y``, ``No``, ``n``...), their probabilities summed, so a
+verifier that answers with any spelling (or, like the testbed's trained one, with ``y``/``n``) is
+read right. When no yes token shows up in a served endpoint's top logprobs the score is 0 (no
+evidence for an exit).
 
 Records per problem (``info``): every check (``pos``, ``score``, ``yes_logprob``, ``no_logprob``,
 ``exit``, the verifier's prompt / cached / decoded tokens), the exit position and reason, and the
@@ -64,7 +65,7 @@ TESTBED_VERIFIER = str(Path(__file__).resolve().parents[1] / "assets" / "tiny_ve
 #: Top logprobs asked of a served endpoint (the OpenAI API's maximum).
 SERVED_TOP_LOGPROBS = 20
 #: At most this many yes (and no) token ids are scored.
-MAX_ANSWER_IDS = 32
+MAX_ANSWER_IDS = 48
 
 VerifierKind = Literal["auto", "self", "model", "served", "trained"]
 
@@ -73,8 +74,10 @@ VerifierKind = Literal["auto", "self", "model", "served", "trained"]
 class FlashThinkParams:
     """Parameters of FlashThink (each field's ``help`` is its documentation)."""
 
+    # 0.9: on 32 testbed problems the trained verifier kept vanilla's accuracy at 0.9 (100%) but lost
+    # 22 points at 0.5 (scripts/bench_flashthink.py --limit 32).
     threshold: float = field(
-        default=0.5, metadata={"help": "exit when the verifier's score reaches this (0: first check; above 1: never)"}
+        default=0.9, metadata={"help": "exit when the verifier's score reaches this (0: first check; above 1: never)"}
     )
     delimiters: tuple[str, ...] = field(
         default=("\n\n",), metadata={"help": "strings that end a chunk (comma-separated; escapes such as \\n work)"}
@@ -134,16 +137,17 @@ class FlashThinkParams:
 
 
 # ---------------------------------------------------------------------------- scoring
+def is_answer_piece(text: str, word: str) -> bool:
+    """True when a token's text, stripped and lower-cased, is a non-empty prefix of ``word``."""
+    piece = text.strip().lower()
+    return bool(piece) and word.startswith(piece)
+
+
 def answer_token_ids(texts: list[str]) -> tuple[list[int], list[int]]:
     """Ids of the yes and no tokens of a vocabulary given each id's text (see the module docstring)."""
-
-    def pick(word: str) -> list[int]:
-        whole = [i for i, t in enumerate(texts) if t.strip().lower() == word]
-        if whole:
-            return whole[:MAX_ANSWER_IDS]
-        return [i for i, t in enumerate(texts) if t.strip() and word.startswith(t.strip().lower())][:MAX_ANSWER_IDS]
-
-    return pick("yes"), pick("no")
+    yes = [i for i, t in enumerate(texts) if is_answer_piece(t, "yes")]
+    no = [i for i, t in enumerate(texts) if is_answer_piece(t, "no")]
+    return yes[:MAX_ANSWER_IDS], no[:MAX_ANSWER_IDS]
 
 
 def _logsumexp(xs: list[float]) -> float | None:
@@ -335,12 +339,8 @@ class ServedVerifier(Verifier):
                 raise UserError(f"verifier endpoint {self.url} failed: {why}") from None
             self.down = why
             return Check(0.0, None, None, error=why)
-        yes = [lp for t, lp in first.items() if t.strip() and "yes".startswith(t.strip().lower())]
-        no = [lp for t, lp in first.items() if t.strip() and "no".startswith(t.strip().lower())]
-        whole_yes = [lp for t, lp in first.items() if t.strip().lower() == "yes"]
-        whole_no = [lp for t, lp in first.items() if t.strip().lower() == "no"]
-        if whole_yes or whole_no:
-            yes, no = whole_yes, whole_no
+        yes = [lp for t, lp in first.items() if is_answer_piece(t, "yes")]
+        no = [lp for t, lp in first.items() if is_answer_piece(t, "no")]
         score, y, n = yes_no_score(yes, no)
         decoded = int(usage.get("completion_tokens", 1))
         prompt_tokens = int(usage.get("prompt_tokens", 0))
