@@ -123,3 +123,15 @@ def test_samples_report_model_card_metrics_and_resume_per_sample(session, tmp_pa
     table, _ = report([str(out)], None)
     for col in ("pass@1", "cons@4", "pass@4", "overlong"):
         assert col in table
+
+
+def test_fresh_eval_is_quiet_before_the_progress_bar(tmp_path):
+    out = tmp_path / "l4.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "reasonexit.cli", "eval", "--limit", "4", "--max-tokens", "64",
+                           "--out", str(out)], cwd=tmp_path, env=_fresh_env(), capture_output=True, text=True,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    err = proc.stderr.replace("\r", "\n")
+    before = err[: err.index("problems:")].splitlines()
+    assert len([ln for ln in before if ln.strip()]) <= 5, before
+    assert "INFO" not in proc.stderr and "WARNING" not in proc.stderr
