@@ -23,8 +23,6 @@ its controllers, which aborts every engine request of the call.
 every branch on text): a non-empty ``stop`` gets a 400 error rather than being ignored.
 """
 
-from __future__ import annotations
-
 import asyncio
 import contextlib
 import json
@@ -103,7 +101,7 @@ class _Metrics:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls) -> _Metrics:
+    def create(cls) -> "_Metrics":
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         reg = CollectorRegistry()
@@ -156,6 +154,8 @@ def create_app(
 
     The default method is built (and so checked) here; a bad one raises :class:`UserError`.
     """
+    # imported here, not at module level: the CLI imports this module for its flags. No
+    # ``from __future__ import annotations`` in this module, so FastAPI sees ``Request`` itself.
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
