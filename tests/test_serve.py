@@ -158,6 +158,14 @@ def test_disconnect_aborts_engine_requests(server, session):
     body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 1800,
             "n": 8, "temperature": 1.0, "stream": True, "reasonexit": {"method": "deer", "threshold": 1.01}}
     engine = session.engine
+
+    def completed_calls() -> int:
+        for line in httpx.get(server + "/metrics").text.splitlines():
+            if line.startswith('reasonexit_requests_total{endpoint="/v1/chat/completions",status="200"}'):
+                return int(float(line.split()[-1]))
+        return 0
+
+    before = completed_calls()
     with httpx.Client(timeout=30) as http:
         with http.stream("POST", server + "/v1/chat/completions", json=body,
                          headers={"Authorization": f"Bearer {KEY}"}) as resp:
@@ -172,3 +180,17 @@ def test_disconnect_aborts_engine_requests(server, session):
     while engine.get_num_unfinished_requests() and time.time() < deadline:
         time.sleep(0.1)
     assert engine.get_num_unfinished_requests() == 0
+    assert completed_calls() == before  # the call was cut short, not finished
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "deer", "--thresh", "0.9"], "unknown option --thresh for method deer"),
+    (["--port", "0"], "--port must be in 1..65535"),
+])
+def test_cli_serve_bad_settings_fail_before_the_engine(capsys, args, words):
+    from reasonexit.cli import main
+
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reasonexit: error:") and words in err and len(err.splitlines()) == 1
