@@ -8,7 +8,8 @@ in a thread of this process, on a loopback port) is driven by the official ``ope
 client with streaming on (to time the first token), and the in-process path calls
 ``reasonexit.agenerate`` one prompt at a time. Each path keeps ``--clients`` requests in flight
 until ``--requests`` have finished; request ``i`` uses seed ``i`` on both paths, so both do the
-same work. Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to
+same work. Each path is warmed up with one round of ``--clients`` requests first (not timed).
+Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to
 first token (TTFT; the in-process API does not stream, so it has none).
 
 Note: the server's streaming is a first cut (the final result is sent once the controller has
@@ -126,6 +127,7 @@ def main() -> None:
                 return time.perf_counter() - start, None, res.output_tokens
 
             for path, fn in (("server", via_server), ("in-process API", in_process)):
+                await _drive(min(args.clients, args.requests), args.clients, fn)  # warm-up, not timed
                 wall, rows = await _drive(args.requests, args.clients, fn)
                 lines.append(_row(method, path, wall, rows))
                 print(lines[-1], flush=True)

@@ -56,8 +56,8 @@ def _reference(session, prompt, method="vanilla", seed=0, **opts):
 
 
 # compute_tokens of DEER counts the tokens the main trace decoded past a check before the check
-# stopped it; how many depends on timing (in both modes; sequential keeps it small), so for DEER
-# it is checked to cover the completion, and equality is checked for vanilla.
+# stopped it; how many depends on timing (in both modes; sequential keeps it small), so equality
+# is checked for vanilla only.
 @pytest.mark.parametrize("method,opts", [("vanilla", {}), ("deer", {"threshold": 0.5, "sequential": True})])
 def test_chat_matches_in_process_api(session, client, method, opts):
     resp = client.chat.completions.create(
@@ -75,7 +75,9 @@ def test_chat_matches_in_process_api(session, client, method, opts):
     if method == "vanilla":
         assert usage["compute_tokens"] == ref.compute_tokens
     else:
-        assert usage["compute_tokens"] >= resp.usage.completion_tokens
+        # not >= completion_tokens either: DEER's inserted tokens (the end of thinking, the
+        # answer inducer) are in the completion without having been decoded
+        assert usage["compute_tokens"] > 0
     assert usage["exit_reason"] == ref.exit_reason
     assert resp.choices[0].finish_reason in ("stop", "length")
 
@@ -154,14 +156,14 @@ def test_streaming_chat_with_usage(session, client):
     assert (thinking, answer) == (ref.thinking, ref.answer_text)
     assert finish in ("stop", "length")
     assert usage.completion_tokens == ref.output_tokens
-    assert usage.model_extra["compute_tokens"] >= ref.output_tokens  # timing-dependent for DEER (see above)
+    assert usage.model_extra["compute_tokens"] > 0  # timing-dependent for DEER (see above)
     assert usage.model_extra["exit_reason"] == ref.exit_reason
 
 
 def test_disconnect_aborts_engine_requests(server, session):
     """A client that goes away mid-call leaves no request on the engine."""
     body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 1800,
-            "n": 8, "temperature": 1.0, "stream": True, "reasonexit": {"method": "deer", "threshold": 1.01}}
+            "n": 4, "temperature": 1.0, "stream": True, "reasonexit": {"method": "deer", "threshold": 1.01}}
     engine = session.engine
 
     def completed_calls() -> int:
@@ -176,12 +178,12 @@ def test_disconnect_aborts_engine_requests(server, session):
                          headers={"Authorization": f"Bearer {KEY}"}) as resp:
             assert resp.status_code == 200
             next(resp.iter_lines())  # the role chunk: the call is running
-            deadline = time.time() + 10
+            deadline = time.time() + 60  # generous: the CPU is shared with other test runs
             while engine.get_num_unfinished_requests() == 0:
                 assert time.time() < deadline, "the call never reached the engine"
                 time.sleep(0.02)
         # leaving the block closes the connection mid-call
-    deadline = time.time() + 10
+    deadline = time.time() + 60
     while engine.get_num_unfinished_requests() and time.time() < deadline:
         time.sleep(0.1)
     assert engine.get_num_unfinished_requests() == 0
@@ -199,3 +201,36 @@ def test_cli_serve_bad_settings_fail_before_the_engine(capsys, args, words):
     assert main(["serve", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("reasonexit: error:") and words in err and len(err.splitlines()) == 1
+
+
+def test_32_concurrent_streaming_clients_get_complete_answers(server, session):
+    """32 streaming calls at once (vanilla, greedy): each gets the same text as the in-process API."""
+    import asyncio
+
+    prompts = [format_prompt(p["problem"]) for p in generate_problems(32, split="test", seed=77)]
+    refs = generate(prompts, session=session, max_tokens=64)
+
+    async def one(client: openai.AsyncOpenAI, prompt: str) -> tuple[str, str, int]:
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=64, stream=True,
+            stream_options={"include_usage": True},
+        )
+        thinking = answer = ""
+        tokens = -1
+        async for chunk in stream:
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+            for c in chunk.choices:
+                thinking += (c.delta.model_extra or {}).get("reasoning_content") or ""
+                answer += c.delta.content or ""
+        return thinking, answer, tokens
+
+    async def all_of_them() -> list[tuple[str, str, int]]:
+        client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        try:
+            return list(await asyncio.gather(*(one(client, p) for p in prompts)))
+        finally:
+            await client.close()
+
+    got = asyncio.run(all_of_them())
+    assert got == [(r.thinking, r.answer_text, r.output_tokens) for r in refs]
