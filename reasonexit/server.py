@@ -12,12 +12,13 @@ The method and its options go in an extra body field, ``"reasonexit": {"method":
 server's flags are the defaults. The thinking is returned in ``reasoning_content`` and the answer
 in ``content``.
 
-Streaming (``stream: true``), first cut: the controller runs to its end, then the final result
-is sent as server-sent events (a role chunk, the thinking as ``reasoning_content`` chunks, the
-answer as ``content`` chunks, a chunk with ``finish_reason``, a ``usage`` chunk when
-``stream_options.include_usage`` is set, then ``data: [DONE]``). Tokens are not yet streamed
-while they are decoded, for any method. A client that disconnects (streaming or not) cancels
-its controllers, which aborts every engine request of the call.
+Streaming (``stream: true``), first cut: ``vanilla`` with one choice streams its tokens as they
+are decoded (thinking as ``reasoning_content`` deltas, then the answer as ``content`` deltas).
+Every other method (and ``n`` > 1) runs its controllers to their end, then the final result is
+sent as chunks: early-exit methods do not yet stream a token as soon as it is final. Either way
+a chunk with ``finish_reason`` follows, a ``usage`` chunk when ``stream_options.include_usage`` is
+set, then ``data: [DONE]``. A client that disconnects (streaming or not) cancels its
+controllers, which aborts every engine request of the call.
 
 ``stop`` strings are not supported yet (controllers work in token ids and would have to stop
 every branch on text): a non-empty ``stop`` gets a 400 error rather than being ignored.
@@ -323,7 +324,7 @@ def create_app(
         created = int(time.time())
         if call.stream:
             return StreamingResponse(
-                _sse(call, rid, created, chat, session, lambda: run_watching(call, rid, request),
+                _sse(call, rid, created, chat, session, lambda c: run_watching(c, rid, request),
                      lambda res: record(endpoint, call, res, start)),
                 media_type="text/event-stream",
             )
@@ -514,8 +515,25 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     if chat:
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                      for i in range(total)])
+    markers = session.markers
+    live = (
+        total == 1
+        and type(call.method).__name__ == "Vanilla"
+        and (not markers.has_thinking or markers.opened_by_template)
+    )
     try:
-        results = await run()
+        if live:
+            sent = ["", ""]  # thinking, answer (chat) or text (completions) sent so far
+            results = None
+            async for kind_, item in _live_vanilla(call, session, run):
+                if kind_ == "results":  # the call is over
+                    results = item
+                    break
+                for piece in _new_text(item, sent, chat, session):
+                    yield chunk([piece])
+            assert results is not None
+        else:
+            results = await run(call)
     except ApiError as err:
         if err.status == 499:
             return  # the client is gone; its engine requests were aborted
@@ -524,6 +542,16 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
         return
     record(results)
     for i, r in enumerate(results):
+        if live:  # the rest of the final text, if any (e.g. held-back marker tokens)
+            thinking, answer = (r.thinking, r.answer_text) if chat else (r.text, "")
+            for field_, full, done in (("reasoning_content", thinking, sent[0]), ("content", answer, sent[1])):
+                rest = full[len(done):] if full.startswith(done) else ""
+                if rest:
+                    yield chunk([{"index": 0, "delta": {field_: rest}, "finish_reason": None} if chat
+                                 else {"index": 0, "text": rest, "finish_reason": None}])
+            yield chunk([{"index": 0, "delta": {}, "finish_reason": _finish_reason(r, session)} if chat
+                         else {"index": 0, "text": "", "finish_reason": _finish_reason(r, session)}])
+            continue
         if chat:
             for piece in _pieces(r.thinking):
                 yield chunk([{"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}])
@@ -537,6 +565,79 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     if call.include_usage:
         yield chunk([], _usage(call, results))
     yield "data: [DONE]\n\n"
+
+
+async def _live_vanilla(call: _Call, session: EngineSession, run: Any) -> AsyncIterator[Any]:
+    """Run a one-choice vanilla call, yielding ``("tokens", ids so far)`` as tokens are decoded,
+    then ``("results", results)``. Accounting is that of :func:`solve_job`."""
+    from .methods.vanilla import Vanilla
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[int]] = asyncio.Queue()
+
+    class LiveVanilla(Vanilla):
+        """Vanilla decoding that hands every delta to the server's loop as it arrives."""
+
+        async def solve(self, ctx: Any) -> Any:
+            from .methods.base import Outcome
+
+            ids: list[int] = []
+            reason = None
+            stream = ctx.session.stream(ctx.prompt_ids, ctx.sampling(), ctx.usage, ctx.request_id("main"))
+            async with contextlib.aclosing(stream) as st:
+                async for d in st:
+                    ids.extend(d.token_ids)
+                    reason = d.finish_reason or reason
+                    loop.call_soon_threadsafe(queue.put_nowait, list(ids))
+            exit_reason = "eos" if reason == "stop" else (reason or "unknown")
+            return Outcome(ids, exit_reason, finished=reason == "stop")
+
+    task = asyncio.ensure_future(run(replace(call, method=LiveVanilla(call.method.params))))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield "tokens", getter.result()
+                continue
+            getter.cancel()
+            yield "results", task.result()  # raises the call's ApiError, if any
+            return
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _new_text(ids: list[int], sent: list[str], chat: bool, session: EngineSession) -> list[dict[str, Any]]:
+    """Chunk choices with the text of ``ids`` not sent yet (``sent`` is updated). Text that may
+    still change is held back: a possibly incomplete character, and while the thinking is open, as
+    many tokens as the end marker has less one."""
+    from .thinking import split_completion
+
+    markers = session.markers
+    eos = set(session.eos_ids)
+    out: list[dict[str, Any]] = []
+    if chat:
+        split = split_completion(ids, markers)
+        hold = 0 if split.closed else max(0, len(markers.end_ids) - 1) if markers.has_thinking else 0
+        think_ids = ids[split.thinking_start : max(split.thinking_start, split.thinking_end - hold)]
+        parts = [
+            ("reasoning_content", session.decode(think_ids) if markers.has_thinking else ""),
+            ("content", session.decode([t for t in ids[split.answer_start :] if t not in eos])
+             if split.closed or not markers.has_thinking else ""),
+        ]
+    else:
+        parts = [("text", session.decode(ids)), ("", "")]
+    for k, (name, text) in enumerate(parts):
+        text = text.rstrip("\ufffd")
+        if not name or not text.startswith(sent[k]) or len(text) == len(sent[k]):
+            continue
+        new, sent[k] = text[len(sent[k]):], text
+        out.append({"index": 0, "delta": {name: new}, "finish_reason": None} if chat
+                   else {"index": 0, "text": new, "finish_reason": None})
+    return out
 
 
 def serve(

@@ -12,8 +12,9 @@ same work. Each path is warmed up with one round of ``--clients`` requests first
 Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to
 first token (TTFT; the in-process API does not stream, so it has none).
 
-Note: the server's streaming is a first cut (the final result is sent once the controller has
-finished), so its TTFT is close to its latency.
+Note: the server's streaming is a first cut: vanilla streams tokens as decoded, but early-exit
+methods send their final result once the controller has finished, so their TTFT is close to
+their latency.
 """
 
 from __future__ import annotations
