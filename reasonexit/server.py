@@ -1,0 +1,663 @@
+"""``reasonexit serve``: an OpenAI-compatible HTTP server whose every method exits early.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
+``GET /health`` and ``GET /metrics`` (Prometheus text format). Each request runs as one
+controller (:func:`reasonexit.runner.solve_job`) per choice on the shared engine session, the
+same one the CLI and the Python API use, so ``usage`` is the same honest accounting: ``prompt_tokens``,
+``completion_tokens`` (what the user gets), plus ``compute_tokens`` (everything decoded: probes,
+branches, discarded continuations) and ``exit_reason``.
+
+The method and its options go in an extra body field, ``"reasonexit": {"method": "deer",
+"threshold": 0.9}``, checked by the same declarations as the CLI (:func:`make_method`); the
+server's flags are the defaults. The thinking is returned in ``reasoning_content`` and the answer
+in ``content``.
+
+Streaming (``stream: true``), first cut: ``vanilla`` with one choice streams its tokens as they
+are decoded (thinking as ``reasoning_content`` deltas, then the answer as ``content`` deltas).
+Every other method (and ``n`` > 1) runs its controllers to their end, then the final result is
+sent as chunks: early-exit methods do not yet stream a token as soon as it is final. Either way
+a chunk with ``finish_reason`` follows, a ``usage`` chunk when ``stream_options.include_usage`` is
+set, then ``data: [DONE]``. A client that disconnects (streaming or not) cancels its
+controllers, which aborts every engine request of the call.
+
+``stop`` strings are not supported yet (controllers work in token ids and would have to stop
+every branch on text): a non-empty ``stop`` gets a 400 error rather than being ignored.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .engine import EngineSession
+from .errors import UserError, is_engine_dead, one_line
+from .methods.base import Decoding, Method, make_method
+from .options import opt
+from .results import Result
+from .runner import Job, solve_job
+
+log = logging.getLogger(__name__)
+
+#: Seconds between checks whether the client of a non-streaming request is still connected.
+_DISCONNECT_POLL_S = 0.25
+
+
+@dataclass
+class ServeOptions:
+    """Settings of ``reasonexit serve`` (engine, decoding and method flags are those of ``eval``)."""
+
+    host: str = opt("127.0.0.1", help="address to listen on")
+    port: int = opt(8000, help="TCP port to listen on")
+    api_key: str | None = opt(None, help="require this key as 'Authorization: Bearer KEY' (default: no auth)")
+    method: str = opt("vanilla", help="default method of requests that name none (`reasonexit methods` lists them)")
+    served_model_name: str | None = opt(None, help="model name in /v1/models and responses (default: --model)")
+    max_n: int = opt(16, help="largest n (choices per request) accepted")
+
+
+class ApiError(Exception):
+    """An error answered as an OpenAI-style error object."""
+
+    def __init__(
+        self, status: int, message: str, param: str | None = None, type_: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.type, self.code = status, message, param, type_, code
+
+    def body(self) -> dict[str, Any]:
+        """The JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class _Call:
+    """One parsed request: prompts (token ids), decoding, method, n, streaming."""
+
+    prompts: list[list[int]]
+    decoding: Decoding
+    method: Method
+    n: int
+    stream: bool
+    include_usage: bool
+    echo_model: str
+
+
+@dataclass
+class _Metrics:
+    """Prometheus counters of one server (its own registry, so several apps can live in a process)."""
+
+    registry: Any = None
+    requests: Any = None
+    exits: Any = None
+    output_tokens: Any = None
+    compute_tokens: Any = None
+    prompt_tokens: Any = None
+    latency: Any = None
+    in_flight: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls) -> "_Metrics":
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        reg = CollectorRegistry()
+        return cls(
+            registry=reg,
+            requests=Counter("reasonexit_requests", "HTTP requests by endpoint and status", ["endpoint", "status"],
+                             registry=reg),
+            exits=Counter("reasonexit_exits", "choices finished, by method and exit reason", ["method", "exit_reason"],
+                          registry=reg),
+            output_tokens=Counter("reasonexit_output_tokens", "completion tokens returned", ["method"], registry=reg),
+            compute_tokens=Counter("reasonexit_compute_tokens", "tokens decoded (probes, branches included)",
+                                   ["method"], registry=reg),
+            prompt_tokens=Counter("reasonexit_prompt_tokens", "prompt tokens of requests", ["method"], registry=reg),
+            latency=Histogram("reasonexit_request_latency_seconds", "time from request to full result",
+                              ["endpoint", "method"], registry=reg,
+                              buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)),
+            in_flight=Gauge("reasonexit_requests_in_flight", "requests being served", registry=reg),
+        )
+
+
+def _error_response(err: ApiError) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(err.body(), status_code=err.status)
+
+
+def _get(body: dict[str, Any], name: str, types: type | tuple[type, ...], default: Any = None) -> Any:
+    """A body field of the given type(s) (``None`` counts as absent); a wrong type is a 400 naming it."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ApiError(400, f"{name} has the wrong type: {value!r}", name)
+    if not isinstance(value, types):
+        raise ApiError(400, f"{name} has the wrong type: {value!r}", name)
+    return value
+
+
+def create_app(
+    session: EngineSession,
+    *,
+    method: str = "vanilla",
+    method_options: dict[str, Any] | None = None,
+    decoding: Decoding | None = None,
+    api_key: str | None = None,
+    served_model_name: str | None = None,
+    max_n: int = 16,
+) -> Any:
+    """The FastAPI app serving ``session``; ``method``/``method_options``/``decoding`` are the defaults.
+
+    The default method is built (and so checked) here; a bad one raises :class:`UserError`.
+    """
+    # imported here, not at module level: the CLI imports this module for its flags. No
+    # ``from __future__ import annotations`` in this module, so FastAPI sees ``Request`` itself.
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+    default_options = dict(method_options or {})
+    default_method = make_method(method, default_options)
+    default_method.check_model(session.markers.has_thinking)
+    defaults = decoding or Decoding()
+    model_name = served_model_name or session.config.model
+    metrics = _Metrics.create()
+    app = FastAPI(title="reasonexit", docs_url=None, redoc_url=None)
+    app.state.session = session
+    app.state.metrics = metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Any:
+        metrics.requests.labels(request.url.path, str(exc.status)).inc()
+        return _error_response(exc)
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        if api_key is not None and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            if header != f"Bearer {api_key}":
+                metrics.requests.labels(request.url.path, "401").inc()
+                err = ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
+                               "authentication_error", "invalid_api_key")
+                return _error_response(err)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> Any:
+        return JSONResponse({"status": "ok" if session.started else "starting"})
+
+    @app.get("/metrics")
+    async def prometheus() -> Any:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> Any:
+        return {"object": "list", "data": [
+            {"id": model_name, "object": "model", "created": 0, "owned_by": "reasonexit", "root": session.config.model}
+        ]}
+
+    def parse(body: Any, chat: bool) -> _Call:
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        name = _get(body, "model", str, model_name)
+        if name not in (model_name, session.config.model):
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_name!r}", "model",
+                           code="model_not_found")
+        if chat:
+            prompts = [_chat_ids(session, body.get("messages"))]
+            max_tokens = _get(body, "max_completion_tokens", int, None)
+            if max_tokens is None:
+                max_tokens = _get(body, "max_tokens", int, defaults.max_tokens)
+        else:
+            prompts = _completion_ids(session, body.get("prompt"))
+            max_tokens = _get(body, "max_tokens", int, defaults.max_tokens)
+        for i, ids in enumerate(prompts):
+            try:
+                session.check_prompt(ids, "the prompt" if len(prompts) == 1 else f"prompt {i}")
+            except UserError as exc:
+                param = "messages" if chat else "prompt"
+                raise ApiError(400, str(exc), param, code="context_length_exceeded") from None
+        if max_tokens < 1:
+            raise ApiError(400, f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
+        dec = replace(
+            defaults,
+            max_tokens=max_tokens,
+            temperature=float(_get(body, "temperature", (int, float), defaults.temperature)),
+            top_p=float(_get(body, "top_p", (int, float), defaults.top_p)),
+            top_k=_get(body, "top_k", int, defaults.top_k),
+            seed=_get(body, "seed", int, defaults.seed),
+        )
+        _check_decoding(dec)
+        n = _get(body, "n", int, 1)
+        if not 1 <= n <= max_n:
+            raise ApiError(400, f"n must be between 1 and {max_n}, got {n}", "n")
+        stop = body.get("stop")
+        if stop not in (None, "", []):
+            raise ApiError(400, "stop strings are not supported yet by reasonexit serve; leave 'stop' out", "stop")
+        for unsupported in ("logprobs", "tools", "functions", "response_format"):
+            if body.get(unsupported) not in (None, False, [], {}):
+                raise ApiError(400, f"{unsupported} is not supported by reasonexit serve", unsupported)
+        stream = bool(_get(body, "stream", bool, False))
+        stream_options = _get(body, "stream_options", dict, {})
+        return _Call(
+            prompts=prompts,
+            decoding=dec,
+            method=_request_method(body.get("reasonexit"), method, default_options, default_method, session),
+            n=n,
+            stream=stream,
+            include_usage=bool(stream_options.get("include_usage")),
+            echo_model=name,
+        )
+
+    async def run(call: _Call, request_id: str) -> list[Result]:
+        """All choices of a call (prompt-major), on the engine loop; cancelling this aborts them all."""
+
+        async def all_choices() -> list[Result]:
+            coros = [
+                solve_job(session, call.method, Job(id=f"{request_id}.{p}", prompt_ids=ids), call.decoding, j)
+                for p, ids in enumerate(call.prompts)
+                for j in range(call.n)
+            ]
+            tasks = [asyncio.ensure_future(c) for c in coros]
+            try:
+                return list(await asyncio.gather(*tasks))
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            return await session.arun(all_choices())
+        except UserError as exc:
+            raise ApiError(400, str(exc)) from None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an engine or controller failure: one line, keep serving
+            what = "the engine died" if is_engine_dead(exc) else "the request failed"
+            log.warning("%s: %s", what, one_line(exc))
+            raise ApiError(500, f"{what}: {one_line(exc)}", type_="server_error", code="internal_error") from None
+
+    async def run_watching(call: _Call, request_id: str, request: Request) -> list[Result]:
+        """:func:`run`, cancelled if the client disconnects before it finishes."""
+        task = asyncio.ensure_future(run(call, request_id))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+                if done:
+                    return task.result()
+                if await request.is_disconnected():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                    raise ApiError(499, "client disconnected", code="client_disconnected")
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    def record(endpoint: str, call: _Call, results: list[Result], start: float) -> None:
+        name = call.method.name
+        for r in results:
+            metrics.exits.labels(name, r.exit_reason).inc()
+            metrics.output_tokens.labels(name).inc(r.output_tokens)
+            metrics.compute_tokens.labels(name).inc(r.compute_tokens)
+        metrics.prompt_tokens.labels(name).inc(sum(len(p) for p in call.prompts))
+        metrics.latency.labels(endpoint, name).observe(time.perf_counter() - start)
+        metrics.requests.labels(endpoint, "200").inc()
+
+    async def handle(request: Request, chat: bool) -> Any:
+        endpoint = request.url.path
+        start = time.perf_counter()
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            raise ApiError(400, "the request body is not valid JSON") from None
+        call = parse(body, chat)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+        created = int(time.time())
+        if call.stream:
+            return StreamingResponse(
+                _sse(call, rid, created, chat, session, lambda c: run_watching(c, rid, request),
+                     lambda res: record(endpoint, call, res, start)),
+                media_type="text/event-stream",
+            )
+        metrics.in_flight.inc()
+        try:
+            results = await run_watching(call, rid, request)
+        finally:
+            metrics.in_flight.dec()
+        record(endpoint, call, results, start)
+        return JSONResponse(_response(call, rid, created, chat, session, results))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await handle(request, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await handle(request, chat=False)
+
+    return app
+
+
+def _check_decoding(dec: Decoding) -> None:
+    from .api import check_decoding
+
+    try:
+        check_decoding(dec)
+    except UserError as exc:
+        text = str(exc)
+        param = next((p for p in ("temperature", "top_p", "top_k", "seed", "max_tokens") if p in text), None)
+        raise ApiError(400, text, param) from None
+
+
+def _request_method(
+    extra: Any, default_name: str, default_options: dict[str, Any], default_method: Method, session: EngineSession
+) -> Method:
+    """The method of a request: the server's unless ``"reasonexit": {"method": ..., options...}`` says
+    otherwise. Options given for the server's own method are merged over the server's options; another
+    method starts from its own defaults."""
+    if extra is None:
+        return default_method
+    if not isinstance(extra, dict):
+        raise ApiError(400, "reasonexit must be an object such as {\"method\": \"deer\", \"threshold\": 0.9}",
+                       "reasonexit")
+    options = dict(extra)
+    name = options.pop("method", default_name)
+    if not isinstance(name, str):
+        raise ApiError(400, f"reasonexit.method must be a method name, got {name!r}", "reasonexit.method")
+    if name == default_name and not options:
+        return default_method
+    base = default_options if name == default_name else {}
+    try:
+        meth = make_method(name, {**base, **options})
+        meth.check_model(session.markers.has_thinking)
+        for rule in meth.step_rules():
+            session.require_rule(rule, name)
+    except UserError as exc:
+        text = str(exc)
+        param = "reasonexit.method"
+        for key in options:
+            flag = "--" + key.lstrip("-").replace("_", "-")
+            if flag in text or repr(key) in text:
+                param = f"reasonexit.{key}"
+                break
+        raise ApiError(400, text, param) from None
+    return meth
+
+
+def _content_text(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: only text ones
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise ApiError(400, f"{where}: only text content parts are supported", where)
+            parts.append(part["text"])
+        return "".join(parts)
+    raise ApiError(400, f"{where} must be a string or a list of text parts", where)
+
+
+def _chat_ids(session: EngineSession, messages: Any) -> list[int]:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of chat messages", "messages")
+    msgs = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ApiError(400, f"messages[{i}] must be an object with 'role' and 'content'", f"messages[{i}]")
+        msgs.append({"role": m["role"], "content": _content_text(m.get("content"), f"messages[{i}].content")})
+    try:
+        return session.chat_prompt_ids(msgs)
+    except Exception as exc:  # noqa: BLE001 - the chat template rejected the messages
+        raise ApiError(400, f"the chat template failed: {one_line(exc)}", "messages") from None
+
+
+def _completion_ids(session: EngineSession, prompt: Any) -> list[list[int]]:
+    """Token ids of a completions ``prompt``: a string, a list of strings, token ids or lists of them.
+
+    Text is tokenized as is (no chat template), with the tokenizer's special tokens (BOS) added.
+    """
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        prompt = [prompt]
+    if not isinstance(prompt, list) or not prompt:
+        raise ApiError(400, "prompt must be a string, a list of strings, or token ids", "prompt")
+    out = []
+    vocab = len(session.tokenizer)
+    for i, p in enumerate(prompt):
+        if isinstance(p, str):
+            if not p:
+                raise ApiError(400, f"prompt[{i}] is empty", "prompt")
+            out.append(list(session.tokenizer.encode(p, add_special_tokens=True)))
+        elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            if any(not 0 <= t < vocab for t in p):
+                raise ApiError(400, f"prompt[{i}] has token ids outside the vocabulary (0..{vocab - 1})", "prompt")
+            out.append(list(p))
+        else:
+            raise ApiError(400, f"prompt[{i}] must be a string or a non-empty list of token ids", "prompt")
+    return out
+
+
+def _finish_reason(res: Result, session: EngineSession) -> str:
+    """``stop`` when the completion ended with end-of-sequence, else ``length``."""
+    eos = set(session.eos_ids)
+    return "stop" if res.token_ids and res.token_ids[-1] in eos else "length"
+
+
+def _usage(call: _Call, results: Sequence[Result]) -> dict[str, Any]:
+    reasons = [r.exit_reason for r in results]
+    prompt = sum(len(p) for p in call.prompts)
+    completion = sum(r.output_tokens for r in results)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "compute_tokens": sum(r.compute_tokens for r in results),
+        # one reason per choice when n > 1 or several prompts
+        "exit_reason": reasons[0] if len(reasons) == 1 else reasons,
+        "method": call.method.name,
+    }
+
+
+def _response(
+    call: _Call, rid: str, created: int, chat: bool, session: EngineSession, results: Sequence[Result]
+) -> dict[str, Any]:
+    choices = []
+    for i, r in enumerate(results):
+        extra = {"exit_reason": r.exit_reason, "compute_tokens": r.compute_tokens, "output_tokens": r.output_tokens}
+        if chat:
+            message = {"role": "assistant", "content": r.answer_text, "reasoning_content": r.thinking or None}
+            choices.append({"index": i, "message": message, "finish_reason": _finish_reason(r, session),
+                            "logprobs": None, "reasonexit": extra})
+        else:
+            choices.append({"index": i, "text": r.text, "finish_reason": _finish_reason(r, session),
+                            "logprobs": None, "reasonexit": extra})
+    return {
+        "id": rid,
+        "object": "chat.completion" if chat else "text_completion",
+        "created": created,
+        "model": call.echo_model,
+        "choices": choices,
+        "usage": _usage(call, results),
+    }
+
+
+def _pieces(text: str, size: int = 64) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineSession, run: Any,
+               record: Any) -> AsyncIterator[str]:
+    """Server-sent events of a streaming call (see the module docstring: the final result, in chunks).
+
+    ``run`` watches the connection while the controllers run: if the client disconnects, they are
+    cancelled, which aborts every engine request of the call.
+    """
+    kind = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        body: dict[str, Any] = {"id": rid, "object": kind, "created": created, "model": call.echo_model,
+                                "choices": choices}
+        if call.include_usage:
+            body["usage"] = usage
+        return f"data: {json.dumps(body)}\n\n"
+
+    total = len(call.prompts) * call.n
+    if chat:
+        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                     for i in range(total)])
+    markers = session.markers
+    live = (
+        total == 1
+        and type(call.method).__name__ == "Vanilla"
+        and (not markers.has_thinking or markers.opened_by_template)
+    )
+    try:
+        if live:
+            sent = ["", ""]  # thinking, answer (chat) or text (completions) sent so far
+            results = None
+            async for kind_, item in _live_vanilla(call, session, run):
+                if kind_ == "results":  # the call is over
+                    results = item
+                    break
+                for piece in _new_text(item, sent, chat, session):
+                    yield chunk([piece])
+            assert results is not None
+        else:
+            results = await run(call)
+    except ApiError as err:
+        if err.status == 499:
+            return  # the client is gone; its engine requests were aborted
+        yield f"data: {json.dumps(err.body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    record(results)
+    for i, r in enumerate(results):
+        if live:  # the rest of the final text, if any (e.g. held-back marker tokens)
+            thinking, answer = (r.thinking, r.answer_text) if chat else (r.text, "")
+            for field_, full, done in (("reasoning_content", thinking, sent[0]), ("content", answer, sent[1])):
+                rest = full[len(done):] if full.startswith(done) else ""
+                if rest:
+                    yield chunk([{"index": 0, "delta": {field_: rest}, "finish_reason": None} if chat
+                                 else {"index": 0, "text": rest, "finish_reason": None}])
+            yield chunk([{"index": 0, "delta": {}, "finish_reason": _finish_reason(r, session)} if chat
+                         else {"index": 0, "text": "", "finish_reason": _finish_reason(r, session)}])
+            continue
+        if chat:
+            for piece in _pieces(r.thinking):
+                yield chunk([{"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}])
+            for piece in _pieces(r.answer_text):
+                yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
+            yield chunk([{"index": i, "delta": {}, "finish_reason": _finish_reason(r, session)}])
+        else:
+            for piece in _pieces(r.text):
+                yield chunk([{"index": i, "text": piece, "finish_reason": None}])
+            yield chunk([{"index": i, "text": "", "finish_reason": _finish_reason(r, session)}])
+    if call.include_usage:
+        yield chunk([], _usage(call, results))
+    yield "data: [DONE]\n\n"
+
+
+async def _live_vanilla(call: _Call, session: EngineSession, run: Any) -> AsyncIterator[Any]:
+    """Run a one-choice vanilla call, yielding ``("tokens", ids so far)`` as tokens are decoded,
+    then ``("results", results)``. Accounting is that of :func:`solve_job`."""
+    from .methods.vanilla import Vanilla
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[int]] = asyncio.Queue()
+
+    class LiveVanilla(Vanilla):
+        """Vanilla decoding that hands every delta to the server's loop as it arrives."""
+
+        async def solve(self, ctx: Any) -> Any:
+            from .methods.base import Outcome
+
+            ids: list[int] = []
+            reason = None
+            stream = ctx.session.stream(ctx.prompt_ids, ctx.sampling(), ctx.usage, ctx.request_id("main"))
+            async with contextlib.aclosing(stream) as st:
+                async for d in st:
+                    ids.extend(d.token_ids)
+                    reason = d.finish_reason or reason
+                    loop.call_soon_threadsafe(queue.put_nowait, list(ids))
+            exit_reason = "eos" if reason == "stop" else (reason or "unknown")
+            return Outcome(ids, exit_reason, finished=reason == "stop")
+
+    task = asyncio.ensure_future(run(replace(call, method=LiveVanilla(call.method.params))))
+    try:
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in done:
+                yield "tokens", getter.result()
+                continue
+            getter.cancel()
+            yield "results", task.result()  # raises the call's ApiError, if any
+            return
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def _new_text(ids: list[int], sent: list[str], chat: bool, session: EngineSession) -> list[dict[str, Any]]:
+    """Chunk choices with the text of ``ids`` not sent yet (``sent`` is updated). Text that may
+    still change is held back: a possibly incomplete character, and while the thinking is open, as
+    many tokens as the end marker has less one."""
+    from .thinking import split_completion
+
+    markers = session.markers
+    eos = set(session.eos_ids)
+    out: list[dict[str, Any]] = []
+    if chat:
+        split = split_completion(ids, markers)
+        hold = 0 if split.closed else max(0, len(markers.end_ids) - 1) if markers.has_thinking else 0
+        think_ids = ids[split.thinking_start : max(split.thinking_start, split.thinking_end - hold)]
+        parts = [
+            ("reasoning_content", session.decode(think_ids) if markers.has_thinking else ""),
+            ("content", session.decode([t for t in ids[split.answer_start :] if t not in eos])
+             if split.closed or not markers.has_thinking else ""),
+        ]
+    else:
+        parts = [("text", session.decode(ids)), ("", "")]
+    for k, (name, text) in enumerate(parts):
+        text = text.rstrip("\ufffd")
+        if not name or not text.startswith(sent[k]) or len(text) == len(sent[k]):
+            continue
+        new, sent[k] = text[len(sent[k]):], text
+        out.append({"index": 0, "delta": {name: new}, "finish_reason": None} if chat
+                   else {"index": 0, "text": new, "finish_reason": None})
+    return out
+
+
+def serve(
+    session: EngineSession,
+    options: ServeOptions,
+    *,
+    method_options: dict[str, Any] | None = None,
+    decoding: Decoding | None = None,
+) -> None:
+    """Build the app and serve it with uvicorn until interrupted (the engine is started first)."""
+    import uvicorn
+
+    app = create_app(
+        session,
+        method=options.method,
+        method_options=method_options,
+        decoding=decoding,
+        api_key=options.api_key,
+        served_model_name=options.served_model_name,
+        max_n=options.max_n,
+    )
+    session.start()
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")

@@ -1,0 +1,149 @@
+"""Throughput and latency of ``reasonexit serve`` against the in-process API, on one engine.
+
+    python scripts/bench_serve.py                       # 64 clients, 256 requests, vanilla and deer
+    python scripts/bench_serve.py --clients 4 --requests 8 --max-tokens 64   # a quick check
+
+One engine session serves both paths: the server (``reasonexit.server.create_app`` under uvicorn,
+in a thread of this process, on a loopback port) is driven by the official ``openai`` async
+client with streaming on (to time the first token), and the in-process path calls
+``reasonexit.agenerate`` one prompt at a time. Each path keeps ``--clients`` requests in flight
+until ``--requests`` have finished; request ``i`` uses seed ``i`` on both paths, so both do the
+same work. Each path is warmed up with one round of ``--clients`` requests first (not timed).
+Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to
+first token (TTFT; the in-process API does not stream, so it has none).
+
+Note: the server's streaming is a first cut: vanilla streams tokens as decoded, but early-exit
+methods send their final result once the controller has finished, so their TTFT is close to
+their latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import threading
+import time
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+async def _drive(n: int, clients: int, one) -> tuple[float, list[tuple[float, float | None, int]]]:
+    """Run ``one(i)`` for i < n with ``clients`` in flight; wall time and (latency, ttft, tokens) each."""
+    queue = iter(range(n))
+    out: list[tuple[float, float | None, int]] = []
+
+    async def worker() -> None:
+        for i in queue:
+            out.append(await one(i))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - start, out
+
+
+def _row(method: str, path: str, wall: float, rows: list[tuple[float, float | None, int]]) -> str:
+    lat = [r[0] for r in rows]
+    ttft = [r[1] for r in rows if r[1] is not None]
+    tokens = sum(r[2] for r in rows)
+    t50 = f"{_pct(ttft, 50):.2f}" if ttft else "-"
+    t95 = f"{_pct(ttft, 95):.2f}" if ttft else "-"
+    return (
+        f"| {method} | {path} | {len(rows)} | {len(rows) / wall:.2f} | {tokens / wall:.1f} | "
+        f"{_pct(lat, 50):.2f} | {_pct(lat, 95):.2f} | {t50} | {t95} |"
+    )
+
+
+def main() -> None:
+    import openai
+    import uvicorn
+
+    from reasonexit import agenerate
+    from reasonexit.engine import EngineConfig, get_session
+    from reasonexit.methods.base import Decoding
+    from reasonexit.prompts import format_prompt
+    from reasonexit.server import create_app
+    from reasonexit.synthetic import generate_problems
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--methods", default="vanilla,deer")
+    ap.add_argument("--model", default=None, help="model (default: the bundled tiny reasoner)")
+    args = ap.parse_args()
+
+    config = EngineConfig(**({"model": args.model} if args.model else {}), step_rules=("budget",))
+    session = get_session(config)
+    session.start()
+    prompts = [format_prompt(p["problem"]) for p in generate_problems(args.requests, split="test", seed=2026)]
+
+    app = create_app(session, decoding=Decoding(max_tokens=args.max_tokens), served_model_name="bench")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+
+    async def run_all() -> list[str]:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
+                                    timeout=3600)
+        lines = []
+        for method in args.methods.split(","):
+
+            async def via_server(i: int, method: str = method) -> tuple[float, float | None, int]:
+                start = time.perf_counter()
+                first = None
+                tokens = 0
+                stream = await client.chat.completions.create(
+                    model="bench", messages=[{"role": "user", "content": prompts[i]}], max_tokens=args.max_tokens,
+                    seed=i, stream=True, stream_options={"include_usage": True},
+                    extra_body={"reasonexit": {"method": method}},
+                )
+                async for chunk in stream:
+                    if first is None and any(
+                        c.delta.content or (c.delta.model_extra or {}).get("reasoning_content") for c in chunk.choices
+                    ):
+                        first = time.perf_counter() - start
+                    if chunk.usage is not None:
+                        tokens = chunk.usage.completion_tokens
+                return time.perf_counter() - start, first, tokens
+
+            async def in_process(i: int, method: str = method) -> tuple[float, float | None, int]:
+                start = time.perf_counter()
+                (res,) = await agenerate(prompts[i], method, session=session, max_tokens=args.max_tokens, seed=i)
+                return time.perf_counter() - start, None, res.output_tokens
+
+            for path, fn in (("server", via_server), ("in-process API", in_process)):
+                await _drive(min(args.clients, args.requests), args.clients, fn)  # warm-up, not timed
+                wall, rows = await _drive(args.requests, args.clients, fn)
+                lines.append(_row(method, path, wall, rows))
+                print(lines[-1], flush=True)
+        await client.close()
+        return lines
+
+    print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, model {config.model}")
+    print("| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
+          "| p95 TTFT s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    asyncio.run(run_all())
+    server.should_exit = True
+    thread.join(timeout=10)
+    session.close()
+
+
+if __name__ == "__main__":
+    main()

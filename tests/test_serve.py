@@ -1,0 +1,236 @@
+"""``reasonexit serve``: the official ``openai`` client against a server started in this process
+on a loopback port, on the test session's engine (no second engine)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from reasonexit import generate
+from reasonexit.methods.base import Decoding
+from reasonexit.prompts import format_prompt
+from reasonexit.server import create_app
+from reasonexit.synthetic import generate_problems
+
+KEY = "test-key"
+MAX = 192
+PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(4, split="test", seed=321)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(session):
+    """The server on a free loopback port in a background thread; stopped after the module."""
+    app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny")
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not srv.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def _reference(session, prompt, method="vanilla", seed=0, **opts):
+    return generate([prompt], method, session=session, max_tokens=MAX, seed=seed, **opts)[0]
+
+
+# compute_tokens of DEER counts the tokens the main trace decoded past a check before the check
+# stopped it; how many depends on timing (in both modes; sequential keeps it small), so equality
+# is checked for vanilla only.
+@pytest.mark.parametrize("method,opts", [("vanilla", {}), ("deer", {"threshold": 0.5, "sequential": True})])
+def test_chat_matches_in_process_api(session, client, method, opts):
+    resp = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": PROMPTS[0]}], max_tokens=MAX, seed=3,
+        extra_body={"reasonexit": {"method": method, **opts}},
+    )
+    ref = _reference(session, PROMPTS[0], method, seed=3, **opts)
+    msg = resp.choices[0].message
+    assert msg.content == ref.answer_text
+    assert msg.model_extra["reasoning_content"] == ref.thinking
+    assert ref.thinking and ref.thinking not in msg.content  # the split is real
+    usage = resp.usage.model_extra
+    assert resp.usage.prompt_tokens == ref.prompt_tokens
+    assert resp.usage.completion_tokens == ref.output_tokens
+    if method == "vanilla":
+        assert usage["compute_tokens"] == ref.compute_tokens
+    else:
+        # not >= completion_tokens either: DEER's inserted tokens (the end of thinking, the
+        # answer inducer) are in the completion without having been decoded
+        assert usage["compute_tokens"] > 0
+    assert usage["exit_reason"] == ref.exit_reason
+    assert resp.choices[0].finish_reason in ("stop", "length")
+
+
+def test_completions_with_token_ids_and_n(session, client):
+    ids = session.chat_prompt_ids(PROMPTS[1])
+    resp = client.completions.create(model="tiny", prompt=ids, max_tokens=MAX, n=2, temperature=0.8, seed=5)
+    assert [c.index for c in resp.choices] == [0, 1]
+    refs = generate([PROMPTS[1]] * 2, session=session, max_tokens=MAX, temperature=0.8, seed=5)
+    # choice j runs with index j, as prompt j of a list does in the API
+    assert [c.text for c in resp.choices] == [r.text for r in refs]
+    assert resp.usage.completion_tokens == sum(r.output_tokens for r in refs)
+    assert resp.usage.model_extra["exit_reason"] == [r.exit_reason for r in refs]
+
+
+def test_models_health_metrics(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert httpx.get(server + "/health").json() == {"status": "ok"}
+    client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=16)
+    text = httpx.get(server + "/metrics").text
+    assert 'reasonexit_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
+    assert "reasonexit_compute_tokens_total" in text and "reasonexit_exits_total" in text
+
+
+def test_auth(server):
+    bad = openai.OpenAI(base_url=server + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.models.list()
+    r = httpx.post(server + "/v1/completions", json={"prompt": "x"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+
+
+@pytest.mark.parametrize(
+    "extra,param,words",
+    [
+        ({"reasonexit": {"method": "nope"}}, "reasonexit.method", "unknown method"),
+        ({"reasonexit": {"method": "deer", "thresh": 0.9}}, "reasonexit.thresh", "--thresh"),
+        ({"reasonexit": {"method": "deer", "threshold": "high"}}, "reasonexit.threshold", "--threshold"),
+        ({"n": 0}, "n", "n must be"),
+        ({"stop": ["\n"]}, "stop", "not supported"),
+        ({"temperature": -1}, "temperature", "temperature"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field(client, extra, param, words):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "2+2?"}], max_tokens=8, extra_body=extra
+        )
+    body = err.value.body
+    assert body["type"] == "invalid_request_error" and body["param"] == param
+    assert words in body["message"]
+
+
+def test_prompt_over_context_is_400(client, session):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model="tiny", prompt=[5] * (session.max_model_len + 1), max_tokens=8)
+    assert "longer than the model context" in err.value.body["message"]
+    assert err.value.body["code"] == "context_length_exceeded"
+
+
+def test_streaming_chat_with_usage(session, client):
+    stream = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=MAX, seed=1, stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"reasonexit": {"method": "deer", "threshold": 0.5, "sequential": True}},
+    )
+    thinking, answer, finish, usage = "", "", None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            thinking += (c.delta.model_extra or {}).get("reasoning_content") or ""
+            answer += c.delta.content or ""
+            finish = c.finish_reason or finish
+    ref = _reference(session, PROMPTS[3], "deer", seed=1, threshold=0.5, sequential=True)
+    assert (thinking, answer) == (ref.thinking, ref.answer_text)
+    assert finish in ("stop", "length")
+    assert usage.completion_tokens == ref.output_tokens
+    assert usage.model_extra["compute_tokens"] > 0  # timing-dependent for DEER (see above)
+    assert usage.model_extra["exit_reason"] == ref.exit_reason
+
+
+def test_disconnect_aborts_engine_requests(server, session):
+    """A client that goes away mid-call leaves no request on the engine."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 1800,
+            "n": 4, "temperature": 1.0, "stream": True, "reasonexit": {"method": "deer", "threshold": 1.01}}
+    engine = session.engine
+
+    def completed_calls() -> int:
+        for line in httpx.get(server + "/metrics").text.splitlines():
+            if line.startswith('reasonexit_requests_total{endpoint="/v1/chat/completions",status="200"}'):
+                return int(float(line.split()[-1]))
+        return 0
+
+    before = completed_calls()
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", server + "/v1/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {KEY}"}) as resp:
+            assert resp.status_code == 200
+            next(resp.iter_lines())  # the role chunk: the call is running
+            deadline = time.time() + 60  # generous: the CPU is shared with other test runs
+            while engine.get_num_unfinished_requests() == 0:
+                assert time.time() < deadline, "the call never reached the engine"
+                time.sleep(0.02)
+        # leaving the block closes the connection mid-call
+    deadline = time.time() + 60
+    while engine.get_num_unfinished_requests() and time.time() < deadline:
+        time.sleep(0.1)
+    assert engine.get_num_unfinished_requests() == 0
+    assert completed_calls() == before  # the call was cut short, not finished
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--method", "deer", "--thresh", "0.9"], "unknown option --thresh for method deer"),
+    (["--port", "0"], "--port must be in 1..65535"),
+])
+def test_cli_serve_bad_settings_fail_before_the_engine(capsys, args, words):
+    from reasonexit.cli import main
+
+    assert main(["serve", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("reasonexit: error:") and words in err and len(err.splitlines()) == 1
+
+
+def test_32_concurrent_streaming_clients_get_complete_answers(server, session):
+    """32 streaming calls at once (vanilla, greedy): each gets the same text as the in-process API."""
+    import asyncio
+
+    prompts = [format_prompt(p["problem"]) for p in generate_problems(32, split="test", seed=77)]
+    refs = generate(prompts, session=session, max_tokens=64)
+
+    async def one(client: openai.AsyncOpenAI, prompt: str) -> tuple[str, str, int]:
+        stream = await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=64, stream=True,
+            stream_options={"include_usage": True},
+        )
+        thinking = answer = ""
+        tokens = -1
+        async for chunk in stream:
+            if chunk.usage is not None:
+                tokens = chunk.usage.completion_tokens
+            for c in chunk.choices:
+                thinking += (c.delta.model_extra or {}).get("reasoning_content") or ""
+                answer += c.delta.content or ""
+        return thinking, answer, tokens
+
+    async def all_of_them() -> list[tuple[str, str, int]]:
+        client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        try:
+            return list(await asyncio.gather(*(one(client, p) for p in prompts)))
+        finally:
+            await client.close()
+
+    got = asyncio.run(all_of_them())
+    assert got == [(r.thinking, r.answer_text, r.output_tokens) for r in refs]
