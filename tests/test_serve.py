@@ -160,39 +160,98 @@ def test_streaming_chat_with_usage(session, client):
     assert usage.model_extra["exit_reason"] == ref.exit_reason
 
 
-@pytest.mark.skip(
-    reason="issue 13: passed on the serve branch, but after merging the shared early-exit controller the DEER "
-    "call of this test never shows a request on the engine within 60 s in the test session (a standalone run of "
-    "the same request does, in 0.3 s); not yet understood"
-)
-def test_disconnect_aborts_engine_requests(server, session):
-    """A client that goes away mid-call leaves no request on the engine."""
+class _EngineWatch:
+    """The request ids vLLM holds, sampled every 2 ms on the engine's own loop (the loop every
+    request of every controller is added and aborted on), so even a one-token verifier call is seen."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.first_seen: dict[str, float] = {}  # request id -> time.monotonic() it was first seen
+        self.live: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=session.run, args=(self._watch(),), daemon=True)
+
+    async def _watch(self) -> None:
+        import asyncio
+
+        states = self.session.engine.output_processor.request_states
+        while not self._stop.is_set():
+            self.live = {st.external_req_id for st in list(states.values())}
+            now = time.monotonic()
+            for rid in self.live:
+                self.first_seen.setdefault(rid, now)
+            await asyncio.sleep(0.002)
+
+    def __enter__(self) -> _EngineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    @property
+    def seen(self) -> set[str]:
+        return set(self.first_seen)
+
+    def of(self, ids: set[str], call_id: str) -> set[str]:
+        return {r for r in ids if r.startswith(call_id + ".")}
+
+
+def _completed_calls(server: str) -> int:
+    for line in httpx.get(server + "/metrics").text.splitlines():
+        if line.startswith('reasonexit_requests_total{endpoint="/v1/chat/completions",status="200"}'):
+            return int(float(line.split()[-1]))
+    return 0
+
+
+# Request ids are "<response id>.<prompt>.<purpose>-<k>" (branches add ".b<i>"); each case waits
+# until the call has had requests of every kind listed, then disconnects while it still runs.
+@pytest.mark.parametrize("method,opts,kinds", [
+    ("deer", {"threshold": 1.01, "mode": "parallel", "paragraph_breaks": True}, (r"\.main\d+-", r"\.probe-")),
+    ("flashthink", {"threshold": 1.01, "verifier": "self", "mode": "parallel"}, (r"\.main\d+-", r"\.verify-")),
+    ("ffs", {"n": 3, "inner": "deer", "threshold": 1.01, "mode": "parallel", "paragraph_breaks": True},
+     (r"\.b0\.main", r"\.b1\.main", r"\.b2\.main", r"\.b\d\.probe-")),
+])
+def test_disconnect_aborts_engine_requests(server, session, method, opts, kinds):
+    """A client that goes away mid-stream leaves no request of its call on the engine: main
+    traces, probes, verifier calls and branches are all aborted, and none starts afterwards."""
+    import json
+    import re
+
     body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 1800,
-            "n": 4, "temperature": 1.0, "stream": True, "reasonexit": {"method": "deer", "threshold": 1.01}}
-    engine = session.engine
-
-    def completed_calls() -> int:
-        for line in httpx.get(server + "/metrics").text.splitlines():
-            if line.startswith('reasonexit_requests_total{endpoint="/v1/chat/completions",status="200"}'):
-                return int(float(line.split()[-1]))
-        return 0
-
-    before = completed_calls()
-    with httpx.Client(timeout=30) as http:
-        with http.stream("POST", server + "/v1/chat/completions", json=body,
-                         headers={"Authorization": f"Bearer {KEY}"}) as resp:
-            assert resp.status_code == 200
-            next(resp.iter_lines())  # the role chunk: the call is running
-            deadline = time.time() + 60  # generous: the CPU is shared with other test runs
-            while engine.get_num_unfinished_requests() == 0:
-                assert time.time() < deadline, "the call never reached the engine"
-                time.sleep(0.02)
-        # leaving the block closes the connection mid-call
-    deadline = time.time() + 60
-    while engine.get_num_unfinished_requests() and time.time() < deadline:
-        time.sleep(0.1)
-    assert engine.get_num_unfinished_requests() == 0
-    assert completed_calls() == before  # the call was cut short, not finished
+            "n": 16, "temperature": 1.0, "seed": 11, "stream": True, "reasonexit": {"method": method, **opts}}
+    before = _completed_calls(server)
+    with _EngineWatch(session) as watch:
+        with httpx.Client(timeout=30) as http:
+            with http.stream("POST", server + "/v1/chat/completions", json=body,
+                             headers={"Authorization": f"Bearer {KEY}"}) as resp:
+                assert resp.status_code == 200
+                # Keep the line iterator: a dropped one closes the connection (httpx closes the
+                # stream when its generator is closed), which is a disconnect before the call starts.
+                lines = resp.iter_lines()
+                first = next(line for line in lines if line.startswith("data: "))
+                call_id = json.loads(first[len("data: "):])["id"]
+                deadline = time.time() + 60  # generous: the CPU is shared with other test runs
+                while not (all(any(re.search(k, r) for r in watch.of(watch.seen, call_id)) for k in kinds)
+                           and watch.of(watch.live, call_id)):
+                    seen = sorted(watch.of(watch.seen, call_id))[:6]
+                    assert time.time() < deadline, f"the call never had {kinds} running: {seen}"
+                    time.sleep(0.005)
+            # leaving the block closes the connection mid-call
+        # Left to run, the call would go on for seconds (16 sampled choices of up to 1800 tokens,
+        # starting new probes, verifier calls and segments); cut short, its requests are aborted
+        # at once (measured: within 0.01 s). 2 s and 0.5 s leave room for a shared CPU.
+        disconnected = time.monotonic()
+        while watch.of(watch.live, call_id) and time.monotonic() < disconnected + 2:
+            time.sleep(0.005)
+        left = sorted(watch.of(watch.live, call_id))[:6]
+        assert not left, f"left on the engine after 2 s: {left}"
+        time.sleep(1.0)
+        assert not watch.of(watch.live, call_id)
+        late = {r for r in watch.of(watch.seen, call_id) if watch.first_seen[r] > disconnected + 0.5}
+        assert not late, f"the call started requests after the disconnect: {sorted(late)[:6]}"
+    assert _completed_calls(server) == before  # the call was cut short, not finished
 
 
 @pytest.mark.parametrize("args,words", [
