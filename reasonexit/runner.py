@@ -37,15 +37,29 @@ class Job:
     problem: str = ""
 
 
-async def solve_job(session: EngineSession, method: Method, job: Job, decoding: Decoding, index: int = 0) -> Result:
+async def solve_job(
+    session: EngineSession,
+    method: Method,
+    job: Job,
+    decoding: Decoding,
+    index: int = 0,
+    token_sink: Callable[[list[int]], None] | None = None,
+) -> Result:
     """Solve one job with ``method`` and build its result (runs on the engine loop; raises what the
-    controller raises)."""
+    controller raises). ``token_sink`` gets the completion's tokens as they become final (see
+    :attr:`~reasonexit.methods.base.Context.token_sink`)."""
     usage = Usage(prompt_tokens=len(job.prompt_ids))
-    return await _solve(session, method, job, decoding, index, usage)
+    return await _solve(session, method, job, decoding, index, usage, token_sink)
 
 
 async def _solve(
-    session: EngineSession, method: Method, job: Job, decoding: Decoding, index: int, usage: Usage
+    session: EngineSession,
+    method: Method,
+    job: Job,
+    decoding: Decoding,
+    index: int,
+    usage: Usage,
+    token_sink: Callable[[list[int]], None] | None = None,
 ) -> Result:
     ctx = Context(
         session=session,
@@ -56,6 +70,7 @@ async def _solve(
         seed=decoding.seed * 1_000_003 + index,
         request_prefix=f"{job.id}",
         gold=job.gold,
+        token_sink=token_sink,
     )
     start = time.perf_counter()
     outcome = await method.solve(ctx)

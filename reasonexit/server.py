@@ -12,16 +12,17 @@ The method and its options go in an extra body field, ``"reasonexit": {"method":
 server's flags are the defaults. The thinking is returned in ``reasoning_content`` and the answer
 in ``content``.
 
-Streaming (``stream: true``), first cut: ``vanilla`` with one choice streams its tokens as they
-are decoded (thinking as ``reasoning_content`` deltas, then the answer as ``content`` deltas).
-Every other method (and ``n`` > 1) runs its controllers to their end, then the final result is
-sent as chunks: early-exit methods do not yet stream a token as soon as it is final. Either way
-a chunk with ``finish_reason`` follows, a ``usage`` chunk when ``stream_options.include_usage`` is
-set, then ``data: [DONE]``. A client that disconnects (streaming or not) cancels its
-controllers, which aborts every engine request of the call.
-
-``stop`` strings are not supported yet (controllers work in token ids and would have to stop
-every branch on text): a non-empty ``stop`` gets a 400 error rather than being ignored.
+Streaming (``stream: true``): a token is sent once it is final. Every choice's controller gets a
+token sink (:attr:`~reasonexit.methods.base.Context.token_sink`): ``vanilla`` and ``budget`` hand
+over every token as it is decoded; DEER and FlashThink (:mod:`reasonexit.methods.early_exit`)
+stream the thinking up to the earliest cut a pending or future check could still take, and on exit
+the closing tokens and the answer as it decodes; ``ffs`` (and ``majority``) cannot stream before a
+winner exists, and stream the winner's completion once it has won. Thinking goes out as
+``reasoning_content`` deltas and the answer after the end marker as ``content`` deltas (chat;
+completions stream ``text``). Then a chunk with ``finish_reason`` per choice, a ``usage`` chunk when
+``stream_options.include_usage`` is set, then ``data: [DONE]``. The deltas add up to the
+non-streamed response of the same request and seed. A client that disconnects (streaming or not)
+cancels its controllers, which aborts every engine request of the call.
 """
 
 import asyncio
@@ -30,7 +31,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +41,7 @@ from .methods.base import Decoding, Method, make_method
 from .options import opt
 from .results import Result
 from .runner import Job, solve_job
+from .thinking import split_completion
 
 log = logging.getLogger(__name__)
 
@@ -255,12 +257,17 @@ def create_app(
             echo_model=name,
         )
 
-    async def run(call: _Call, request_id: str) -> list[Result]:
-        """All choices of a call (prompt-major), on the engine loop; cancelling this aborts them all."""
+    async def run(
+        call: _Call, request_id: str, sinks: Sequence[Callable[[list[int]], None]] | None = None
+    ) -> list[Result]:
+        """All choices of a call (prompt-major), on the engine loop; cancelling this aborts them all.
+
+        ``sinks[i]`` gets choice ``i``'s tokens as they become final (streaming)."""
 
         async def all_choices() -> list[Result]:
             coros = [
-                solve_job(session, call.method, Job(id=f"{request_id}.{p}", prompt_ids=ids), call.decoding, j)
+                solve_job(session, call.method, Job(id=f"{request_id}.{p}", prompt_ids=ids), call.decoding, j,
+                          sinks[p * call.n + j] if sinks is not None else None)
                 for p, ids in enumerate(call.prompts)
                 for j in range(call.n)
             ]
@@ -283,9 +290,11 @@ def create_app(
             log.warning("%s: %s", what, one_line(exc))
             raise ApiError(500, f"{what}: {one_line(exc)}", type_="server_error", code="internal_error") from None
 
-    async def run_watching(call: _Call, request_id: str, request: Request) -> list[Result]:
+    async def run_watching(
+        call: _Call, request_id: str, request: Request, sinks: Sequence[Callable[[list[int]], None]] | None = None
+    ) -> list[Result]:
         """:func:`run`, cancelled if the client disconnects before it finishes."""
-        task = asyncio.ensure_future(run(call, request_id))
+        task = asyncio.ensure_future(run(call, request_id, sinks))
         try:
             while True:
                 done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
@@ -324,7 +333,7 @@ def create_app(
         created = int(time.time())
         if call.stream:
             return StreamingResponse(
-                _sse(call, rid, created, chat, session, lambda c: run_watching(c, rid, request),
+                _sse(call, rid, created, chat, session, lambda sinks: run_watching(call, rid, request, sinks),
                      lambda res: record(endpoint, call, res, start)),
                 media_type="text/event-stream",
             )
@@ -491,15 +500,75 @@ def _response(
     }
 
 
-def _pieces(text: str, size: int = 64) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
+class _ChoiceText:
+    """Turns one choice's final token ids, as they arrive, into text deltas: ``reasoning_content``
+    (the thinking) and ``content`` (the answer after the end marker) for chat, like vLLM's
+    reasoning parser split, or ``text`` for completions. The text is split the way results are
+    (:func:`~reasonexit.thinking.split_completion`), so the deltas add up to the final response.
+    Text that may still change is held back: a possibly incomplete character, and while the
+    thinking is open, as many tokens as the end marker has less one."""
+
+    def __init__(self, session: EngineSession, chat: bool) -> None:
+        self.session = session
+        self.chat = chat
+        self.ids: list[int] = []
+        self.eos = set(session.eos_ids)
+        fields = ("reasoning_content", "content") if chat else ("text",)
+        self.sent: dict[str, str] = dict.fromkeys(fields, "")
+        self._offsets: dict[str, tuple[int, int]] = dict.fromkeys(fields, (0, 0))  # (prefix, read) per field
+
+    def _spans(self) -> dict[str, list[int]]:
+        ids, markers = self.ids, self.session.markers
+        if not self.chat:
+            return {"text": ids}
+        if not markers.has_thinking:
+            return {"reasoning_content": [], "content": [t for t in ids if t not in self.eos]}
+        split = split_completion(ids, markers)
+        hold = 0 if split.closed else max(0, len(markers.end_ids) - 1)
+        thinking = ids[split.thinking_start : max(split.thinking_start, split.thinking_end - hold)]
+        answer = [t for t in ids[split.answer_start :] if t not in self.eos] if split.closed else []
+        return {"reasoning_content": thinking, "content": answer}
+
+    def feed(self, new_ids: list[int]) -> list[tuple[str, str]]:
+        """Take new final tokens; return the ``(field, text)`` deltas they complete."""
+        self.ids.extend(new_ids)
+        out = []
+        for name, span in self._spans().items():
+            # incremental detokenization: decode only from the last complete piece on
+            prefix, read = self._offsets[name]
+            if len(span) <= read:
+                continue
+            before = self.session.decode(span[prefix:read])
+            now = self.session.decode(span[prefix:])
+            if len(now) <= len(before) or now.endswith("\ufffd"):
+                continue
+            self._offsets[name] = (read, len(span))
+            piece = now[len(before) :]
+            self.sent[name] += piece
+            out.append((name, piece))
+        return out
+
+    def finish(self, res: Result) -> list[tuple[str, str]]:
+        """The rest of the final response (held-back text, or all of it if nothing was streamed)."""
+        full = {"reasoning_content": res.thinking, "content": res.answer_text} if self.chat else {"text": res.text}
+        out = []
+        for name, text in full.items():
+            done = self.sent[name]
+            if not text.startswith(done):  # cannot happen when the tokens streamed were final
+                log.warning("streamed %s is not a prefix of the final one (%r vs %r)", name, done[-40:], text[:80])
+                continue
+            if len(text) > len(done):
+                out.append((name, text[len(done) :]))
+        return out
 
 
 async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineSession, run: Any,
                record: Any) -> AsyncIterator[str]:
-    """Server-sent events of a streaming call (see the module docstring: the final result, in chunks).
+    """Server-sent events of a streaming call.
 
-    ``run`` watches the connection while the controllers run: if the client disconnects, they are
+    Every choice gets a token sink (:attr:`~reasonexit.methods.base.Context.token_sink`): its
+    controller hands over tokens once they are final, and they are sent as they arrive. ``run``
+    watches the connection while the controllers run: if the client disconnects, they are
     cancelled, which aborts every engine request of the call.
     """
     kind = "chat.completion.chunk" if chat else "text_completion"
@@ -511,133 +580,57 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
             body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
+    def delta(i: int, name: str, text: str, finish: str | None = None) -> dict[str, Any]:
+        if chat:
+            return {"index": i, "delta": {name: text} if name else {}, "finish_reason": finish}
+        return {"index": i, "text": text, "finish_reason": finish}
+
     total = len(call.prompts) * call.n
     if chat:
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                      for i in range(total)])
-    markers = session.markers
-    live = (
-        total == 1
-        and type(call.method).__name__ == "Vanilla"
-        and (not markers.has_thinking or markers.opened_by_template)
-    )
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[int, list[int]]] = asyncio.Queue()
+    texts = [_ChoiceText(session, chat) for _ in range(total)]
+
+    def sink(i: int) -> Callable[[list[int]], None]:
+        # called on the engine loop: hand the tokens over to this (the server's) loop
+        return lambda ids: loop.call_soon_threadsafe(queue.put_nowait, (i, ids))
+
+    task = asyncio.ensure_future(run([sink(i) for i in range(total)]))
+    getter: asyncio.Future[Any] | None = None
     try:
-        if live:
-            sent = ["", ""]  # thinking, answer (chat) or text (completions) sent so far
-            results = None
-            async for kind_, item in _live_vanilla(call, session, run):
-                if kind_ == "results":  # the call is over
-                    results = item
-                    break
-                for piece in _new_text(item, sent, chat, session):
-                    yield chunk([piece])
-            assert results is not None
-        else:
-            results = await run(call)
+        while True:
+            getter = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                break
+            i, ids = getter.result()
+            pieces = texts[i].feed(ids)
+            if pieces:
+                yield chunk([delta(i, name, text) for name, text in pieces])
+        results = task.result()  # raises the call's ApiError, if any
     except ApiError as err:
         if err.status == 499:
             return  # the client is gone; its engine requests were aborted
         yield f"data: {json.dumps(err.body())}\n\n"
         yield "data: [DONE]\n\n"
         return
-    record(results)
-    for i, r in enumerate(results):
-        if live:  # the rest of the final text, if any (e.g. held-back marker tokens)
-            thinking, answer = (r.thinking, r.answer_text) if chat else (r.text, "")
-            for field_, full, done in (("reasoning_content", thinking, sent[0]), ("content", answer, sent[1])):
-                rest = full[len(done):] if full.startswith(done) else ""
-                if rest:
-                    yield chunk([{"index": 0, "delta": {field_: rest}, "finish_reason": None} if chat
-                                 else {"index": 0, "text": rest, "finish_reason": None}])
-            yield chunk([{"index": 0, "delta": {}, "finish_reason": _finish_reason(r, session)} if chat
-                         else {"index": 0, "text": "", "finish_reason": _finish_reason(r, session)}])
-            continue
-        if chat:
-            for piece in _pieces(r.thinking):
-                yield chunk([{"index": i, "delta": {"reasoning_content": piece}, "finish_reason": None}])
-            for piece in _pieces(r.answer_text):
-                yield chunk([{"index": i, "delta": {"content": piece}, "finish_reason": None}])
-            yield chunk([{"index": i, "delta": {}, "finish_reason": _finish_reason(r, session)}])
-        else:
-            for piece in _pieces(r.text):
-                yield chunk([{"index": i, "text": piece, "finish_reason": None}])
-            yield chunk([{"index": i, "text": "", "finish_reason": _finish_reason(r, session)}])
-    if call.include_usage:
-        yield chunk([], _usage(call, results))
-    yield "data: [DONE]\n\n"
-
-
-async def _live_vanilla(call: _Call, session: EngineSession, run: Any) -> AsyncIterator[Any]:
-    """Run a one-choice vanilla call, yielding ``("tokens", ids so far)`` as tokens are decoded,
-    then ``("results", results)``. Accounting is that of :func:`solve_job`."""
-    from .methods.vanilla import Vanilla
-
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[list[int]] = asyncio.Queue()
-
-    class LiveVanilla(Vanilla):
-        """Vanilla decoding that hands every delta to the server's loop as it arrives."""
-
-        async def solve(self, ctx: Any) -> Any:
-            from .methods.base import Outcome
-
-            ids: list[int] = []
-            reason = None
-            stream = ctx.session.stream(ctx.prompt_ids, ctx.sampling(), ctx.usage, ctx.request_id("main"))
-            async with contextlib.aclosing(stream) as st:
-                async for d in st:
-                    ids.extend(d.token_ids)
-                    reason = d.finish_reason or reason
-                    loop.call_soon_threadsafe(queue.put_nowait, list(ids))
-            exit_reason = "eos" if reason == "stop" else (reason or "unknown")
-            return Outcome(ids, exit_reason, finished=reason == "stop")
-
-    task = asyncio.ensure_future(run(replace(call, method=LiveVanilla(call.method.params))))
-    try:
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield "tokens", getter.result()
-                continue
-            getter.cancel()
-            yield "results", task.result()  # raises the call's ApiError, if any
-            return
     finally:
+        if getter is not None:
+            getter.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-
-
-def _new_text(ids: list[int], sent: list[str], chat: bool, session: EngineSession) -> list[dict[str, Any]]:
-    """Chunk choices with the text of ``ids`` not sent yet (``sent`` is updated). Text that may
-    still change is held back: a possibly incomplete character, and while the thinking is open, as
-    many tokens as the end marker has less one."""
-    from .thinking import split_completion
-
-    markers = session.markers
-    eos = set(session.eos_ids)
-    out: list[dict[str, Any]] = []
-    if chat:
-        split = split_completion(ids, markers)
-        hold = 0 if split.closed else max(0, len(markers.end_ids) - 1) if markers.has_thinking else 0
-        think_ids = ids[split.thinking_start : max(split.thinking_start, split.thinking_end - hold)]
-        parts = [
-            ("reasoning_content", session.decode(think_ids) if markers.has_thinking else ""),
-            ("content", session.decode([t for t in ids[split.answer_start :] if t not in eos])
-             if split.closed or not markers.has_thinking else ""),
-        ]
-    else:
-        parts = [("text", session.decode(ids)), ("", "")]
-    for k, (name, text) in enumerate(parts):
-        text = text.rstrip("\ufffd")
-        if not name or not text.startswith(sent[k]) or len(text) == len(sent[k]):
-            continue
-        new, sent[k] = text[len(sent[k]):], text
-        out.append({"index": 0, "delta": {name: new}, "finish_reason": None} if chat
-                   else {"index": 0, "text": new, "finish_reason": None})
-    return out
+    record(results)
+    for i, r in enumerate(results):
+        for name, text in texts[i].finish(r):
+            yield chunk([delta(i, name, text)])
+        yield chunk([delta(i, "", "", _finish_reason(r, session))])
+    if call.include_usage:
+        yield chunk([], _usage(call, results))
+    yield "data: [DONE]\n\n"
 
 
 def serve(

@@ -254,6 +254,39 @@ def test_disconnect_aborts_engine_requests(server, session, method, opts, kinds)
     assert _completed_calls(server) == before  # the call was cut short, not finished
 
 
+@pytest.mark.parametrize("method,opts", [
+    ("deer", {"threshold": 0.5, "mode": "sequential"}),
+    ("deer", {"threshold": 0.5, "mode": "parallel"}),
+    # a 4-token transition: the cut lies 3 tokens before the token that completes it (hold 3)
+    ("deer", {"threshold": 0.5, "mode": "parallel", "transitions": ["Wait, let me"]}),
+    ("flashthink", {"threshold": 0.5, "verifier": "self", "mode": "sequential"}),
+    ("flashthink", {"threshold": 0.5, "verifier": "self", "mode": "parallel"}),
+])
+def test_early_exit_streams_final_tokens_live(server, session, client, method, opts):
+    """DEER and FlashThink stream thinking and answer while the call runs, and the streamed
+    text adds up to the non-streamed response of the same request and seed."""
+    args = dict(model="tiny", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=MAX, seed=7,
+                extra_body={"reasonexit": {"method": method, **opts}})
+    whole = client.chat.completions.create(**args)
+    assert whole.usage.model_extra["exit_reason"] == "confident"  # the exit path is what is tested
+    thinking, answer, pieces, live_at_first = "", "", {"reasoning": 0, "content": 0}, None
+    with _EngineWatch(session) as watch:
+        for chunk in client.chat.completions.create(**args, stream=True):
+            for c in chunk.choices:
+                r = (c.delta.model_extra or {}).get("reasoning_content") or ""
+                a = c.delta.content or ""
+                if (r or a) and live_at_first is None:
+                    live_at_first = bool(watch.of(watch.live, chunk.id))  # the call still runs on the engine
+                thinking, answer = thinking + r, answer + a
+                pieces["reasoning"] += bool(r)
+                pieces["content"] += bool(a)
+    msg = whole.choices[0].message
+    assert (thinking, answer) == (msg.model_extra["reasoning_content"], msg.content)
+    assert live_at_first, "the first text arrived after the call had left the engine"
+    # streamed as decoded, not as one block at the end
+    assert pieces["reasoning"] > 1 and pieces["content"] > 1, pieces
+
+
 @pytest.mark.parametrize("args,words", [
     (["--method", "nope"], "unknown method 'nope'"),
     (["--method", "deer", "--thresh", "0.9"], "unknown option --thresh for method deer"),

@@ -10,14 +10,16 @@ Finish Search over DEER branches) call the inner method's :meth:`Method.solve` w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import typing
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .. import step_rules
-from ..engine import EngineSession, Usage
+from ..engine import Completion, EngineSession, Usage
 from ..errors import UserError
 from ..options import convert, opt
 
@@ -46,6 +48,12 @@ class Context:
     request_prefix: str = "p"
     #: The problem's gold answer when known (for records such as pass@n; never for decisions).
     gold: str | None = None
+    #: Where the completion's *final* tokens go as soon as they are final (a server streams them);
+    #: ``None`` (evaluation) costs nothing. Called on the engine loop with new token ids, in order;
+    #: over a solve, the calls add up to exactly the returned ``Outcome.token_ids`` (a controller
+    #: that feeds nothing is streamed from its outcome when it returns). Sub-controllers
+    #: (:meth:`derive`) get none: their tokens are not the user's until their parent says so.
+    token_sink: Callable[[list[int]], None] | None = field(default=None, repr=False)
 
     def sampling(self, **overrides: Any):
         """vLLM ``SamplingParams`` for this context's decoding settings and seed."""
@@ -71,8 +79,27 @@ class Context:
         return max(1, min(max_tokens, left))
 
     def derive(self, seed: int, prefix: str) -> Context:
-        """A context for a sub-controller: same prompt and ledger, its own seed and request ids."""
-        return dataclasses.replace(self, seed=seed, request_prefix=f"{self.request_prefix}.{prefix}")
+        """A context for a sub-controller: same prompt and ledger, its own seed and request ids, no token sink."""
+        return dataclasses.replace(self, seed=seed, request_prefix=f"{self.request_prefix}.{prefix}", token_sink=None)
+
+    def emit(self, ids: Sequence[int]) -> None:
+        """Hand final completion tokens to the token sink, if any."""
+        if self.token_sink is not None and ids:
+            self.token_sink(list(ids))
+
+    async def complete(self, prompt_ids: Sequence[int], params: Any, request_id: str) -> Completion:
+        """Run one request to its end (on this context's ledger), handing each token to the token
+        sink as it is decoded: use it for a request whose every token goes to the user as is."""
+        if self.token_sink is None:
+            return await self.session.complete(prompt_ids, params, self.usage, request_id)
+        ids: list[int] = []
+        reason = None
+        async with contextlib.aclosing(self.session.stream(prompt_ids, params, self.usage, request_id)) as st:
+            async for d in st:
+                ids.extend(d.token_ids)
+                reason = d.finish_reason or reason
+                self.emit(d.token_ids)
+        return Completion(ids, None, reason)
 
     def request_id(self, what: str) -> str:
         """A unique request id that names the problem and the purpose of the request."""

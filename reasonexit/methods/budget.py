@@ -77,7 +77,7 @@ class Budget(Method):
                 budget, list(markers.start_ids), list(markers.end_ids), forced, in_thinking=markers.opened_by_template
             )
             params = ctx.sampling(extra_args=extra)
-        comp = await session.complete(ctx.prompt_ids, params, ctx.usage, ctx.request_id("main"))
+        comp = await ctx.complete(ctx.prompt_ids, params, ctx.request_id("main"))
         split = split_completion(comp.token_ids, markers)
         hit = split.closed and split.thinking_tokens >= cap
         # The exit reason tells why thinking ended; ``finished`` tells whether the answer was completed.

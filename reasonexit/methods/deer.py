@@ -384,6 +384,9 @@ class _DeerHooks:
         self.method = method
         self.matcher = matcher
         self.think_from = 0
+        #: A transition cuts before its word, so a cut found later can fall this many tokens before
+        #: the newest token (the longest pattern less the token that will complete it).
+        self.hold = max((len(p) for p in matcher.patterns), default=1) - 1
 
     def boundary(self, trace: list[int], think_from: int) -> int | None:
         """A transition point (before the word) or a paragraph break (after it)."""

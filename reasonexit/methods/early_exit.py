@@ -26,6 +26,14 @@ Modes (:data:`Mode`):
   so overlapping checks with decoding costs compute instead of hiding latency.
 
 Under greedy decoding both modes make the same exits (decisions are taken in trace order).
+
+Streaming: when the context has a token sink (:attr:`~reasonexit.methods.base.Context.token_sink`,
+set by ``reasonexit serve``), the controller hands it each token once no exit can remove it any
+more: thinking up to the earliest cut that a pending check, or a boundary still to come, could
+take (a hook's ``hold``: how far before the newest token a future cut may lie; DEER cuts before
+its transition phrase, FlashThink after its delimiter), then on exit the closing tokens and the
+answer as it decodes (without exit, the rest of the trace when it ends). The sink changes no
+decision and no count.
 """
 
 from __future__ import annotations
@@ -80,7 +88,12 @@ class Verdict:
 
 
 class ExitHooks(Protocol):
-    """What an early-exit method plugs into the controller (one object per problem)."""
+    """What an early-exit method plugs into the controller (one object per problem).
+
+    Hooks may also have an ``int`` attribute ``hold`` (0 when absent): a cut returned by a later
+    ``boundary`` call lies at most ``hold`` tokens before the trace's newest token at the time of
+    this call, so only the newest ``hold`` tokens can still be cut by a check yet to come.
+    """
 
     def boundary(self, trace: list[int], think_from: int) -> int | None:
         """If the trace's newest token completes a check point, the cut index; else ``None``."""
@@ -174,6 +187,22 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
 
     trace: list[int] = []
     tracker = ThinkingTracker.for_markers(markers)
+    sink = ctx.token_sink is not None
+    hold = max(0, int(getattr(hooks, "hold", 0)))
+    emitted = 0  # trace tokens handed to the token sink
+
+    def emit_final() -> None:
+        """Hand the sink the trace tokens no exit can cut any more (see the module docstring)."""
+        nonlocal emitted
+        end = len(trace)
+        if tracker.in_thinking:
+            end = max(tracker.think_from or 0, end - hold)
+        for cut, _ in pending:
+            end = min(end, cut)
+        if end > emitted:
+            ctx.emit(trace[emitted:end])
+            emitted = end
+
     pending: deque[tuple[int, asyncio.Task[Verdict]]] = deque()
     settled: list[tuple[int, Verdict]] = []
     launched = 0
@@ -235,10 +264,14 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
                         break
                     if d.finish_reason is not None:
                         main_finish = d.finish_reason
+                    elif sink:  # not at the end: a check at the end may still cut the last token
+                        emit_final()
             if chosen is not None or budget_cut is not None:
                 break
             # Sequential pause, or the end of the trace: earlier checks may still call an exit.
             chosen = await settle(block=True)
+            if sink and chosen is None and main_finish is None:
+                emit_final()
             if chosen is None and main_finish is not None and limits.check_at_end and tracker.in_thinking:
                 end = len(trace) - (1 if trace and trace[-1] in session.eos_ids else 0)
                 if end > (tracker.think_from or 0):
@@ -274,17 +307,20 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
         exit_cut, reason = budget_cut, ExitReason.BUDGET
     else:
         info["exit_pos"] = None
+        ctx.emit(trace[emitted:])
         return Outcome(trace, ExitReason.from_finish(main_finish).value, info=info, finished=main_finish == "stop")
 
     # Close thinking after the kept prefix and let the model write its answer.
     head = [*trace[:exit_cut], *closing_ids(session.encode, markers)]
     info["exit_pos"] = exit_cut - think_from
     info["discarded_tokens"] = dropped + len(trace) - exit_cut
-    answer = await session.complete(
+    if emitted > exit_cut:  # a hook's ``hold`` was too small: streamed tokens were cut
+        raise RuntimeError(f"streamed {emitted} trace tokens but the exit cut at {exit_cut}: a hook's hold is wrong")
+    ctx.emit(head[emitted:])
+    answer = await ctx.complete(
         [*ctx.prompt_ids, *head],
         # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
         ctx.sampling(max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000),
-        ctx.usage,
         ctx.request_id("answer"),
     )
     return Outcome([*head, *answer.token_ids], reason.value, info=info, finished=answer.finish_reason == "stop")

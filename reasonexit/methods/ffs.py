@@ -9,6 +9,10 @@ answers (first-k-finish voting).
 Each branch runs another method inside it (``inner``, default ``vanilla``): with
 ``--method ffs --inner deer`` the first branch to exit early and answer wins. Options ``ffs``
 does not take itself go to the inner method.
+
+Streaming (``reasonexit serve``): FFS cannot stream a token before a winner exists, since any
+branch may still lose; the winner's completion is streamed at once when it has won (it has then
+finished, so for ``k=1`` that is when the call ends).
 """
 
 from __future__ import annotations

@@ -391,6 +391,7 @@ class _FlashThinkHooks:
         self.chunks = chunks
         self.seen = 0  # chunk boundaries so far
         self.think_from = 0
+        self.hold = 0  # a chunk is cut after its delimiter: no token before the newest can be cut later
 
     def boundary(self, trace: list[int], think_from: int) -> int | None:
         """After a delimiter: every ``every``-th one, once ``min_thinking_tokens`` are thought."""

@@ -255,6 +255,9 @@ async def solve_parallel(
     branches, chosen = await race(ctx, inner, n, k, temperature, top_p)
     winner, answer, counts = vote(chosen)
     assert winner.outcome is not None
+    # Branches stream nothing (a derived context has no token sink): the returned branch's tokens
+    # become final only now that it has won, and go to the sink at once.
+    ctx.emit(winner.outcome.token_ids)
     info: dict[str, Any] = {
         "temperature": temperature,
         "top_p": top_p,
