@@ -44,12 +44,13 @@ async def solve_job(
     decoding: Decoding,
     index: int = 0,
     token_sink: Callable[[list[int]], None] | None = None,
+    stop: Sequence[str] = (),
 ) -> Result:
     """Solve one job with ``method`` and build its result (runs on the engine loop; raises what the
-    controller raises). ``token_sink`` gets the completion's tokens as they become final (see
-    :attr:`~reasonexit.methods.base.Context.token_sink`)."""
+    controller raises). ``token_sink`` gets the completion's tokens as they become final, ``stop``
+    strings end the user's completion (see :class:`~reasonexit.methods.base.Context`)."""
     usage = Usage(prompt_tokens=len(job.prompt_ids))
-    return await _solve(session, method, job, decoding, index, usage, token_sink)
+    return await _solve(session, method, job, decoding, index, usage, token_sink, stop)
 
 
 async def _solve(
@@ -60,6 +61,7 @@ async def _solve(
     index: int,
     usage: Usage,
     token_sink: Callable[[list[int]], None] | None = None,
+    stop: Sequence[str] = (),
 ) -> Result:
     ctx = Context(
         session=session,
@@ -71,6 +73,7 @@ async def _solve(
         request_prefix=f"{job.id}",
         gold=job.gold,
         token_sink=token_sink,
+        stop=tuple(stop),
     )
     start = time.perf_counter()
     outcome = await method.solve(ctx)

@@ -23,6 +23,13 @@ completions stream ``text``). Then a chunk with ``finish_reason`` per choice, a 
 ``stream_options.include_usage`` is set, then ``data: [DONE]``. The deltas add up to the
 non-streamed response of the same request and seed. A client that disconnects (streaming or not)
 cancels its controllers, which aborts every engine request of the call.
+
+``stop`` (a string or a list of strings) goes to vLLM for every request whose tokens the user gets:
+vanilla's and budget's request, the early-exit methods' main trace (thinking included, as vLLM
+applies stop strings to the reasoning too) and their answer after an exit, and each branch of
+``ffs``/``majority``; never to DEER's probes or FlashThink's verifier calls. The completion ends
+with the token that completes the stop string and keeps it (reasonexit works in token ids: as
+vLLM's ``include_stop_str_in_output``), and ``finish_reason`` is ``stop``. ``logprobs`` is a 400.
 """
 
 import asyncio
@@ -87,6 +94,7 @@ class _Call:
     stream: bool
     include_usage: bool
     echo_model: str
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
@@ -239,9 +247,7 @@ def create_app(
         n = _get(body, "n", int, 1)
         if not 1 <= n <= max_n:
             raise ApiError(400, f"n must be between 1 and {max_n}, got {n}", "n")
-        stop = body.get("stop")
-        if stop not in (None, "", []):
-            raise ApiError(400, "stop strings are not supported yet by reasonexit serve; leave 'stop' out", "stop")
+        stop = _stop_strings(body.get("stop"))
         for unsupported in ("logprobs", "tools", "functions", "response_format"):
             if body.get(unsupported) not in (None, False, [], {}):
                 raise ApiError(400, f"{unsupported} is not supported by reasonexit serve", unsupported)
@@ -255,6 +261,7 @@ def create_app(
             stream=stream,
             include_usage=bool(stream_options.get("include_usage")),
             echo_model=name,
+            stop=stop,
         )
 
     async def run(
@@ -267,7 +274,7 @@ def create_app(
         async def all_choices() -> list[Result]:
             coros = [
                 solve_job(session, call.method, Job(id=f"{request_id}.{p}", prompt_ids=ids), call.decoding, j,
-                          sinks[p * call.n + j] if sinks is not None else None)
+                          sinks[p * call.n + j] if sinks is not None else None, call.stop)
                 for p, ids in enumerate(call.prompts)
                 for j in range(call.n)
             ]
@@ -456,10 +463,35 @@ def _completion_ids(session: EngineSession, prompt: Any) -> list[list[int]]:
     return out
 
 
-def _finish_reason(res: Result, session: EngineSession) -> str:
-    """``stop`` when the completion ended with end-of-sequence, else ``length``."""
-    eos = set(session.eos_ids)
-    return "stop" if res.token_ids and res.token_ids[-1] in eos else "length"
+#: Stop strings per request at most, and characters per stop string at most.
+MAX_STOP, MAX_STOP_CHARS = 16, 256
+
+
+def _stop_strings(value: Any) -> tuple[str, ...]:
+    """The request's ``stop``: a string or a list of strings (absent, ``""`` or ``[]``: none)."""
+    if value is None or value == "":
+        return ()
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items):
+        raise ApiError(400, f"stop must be a non-empty string or a list of them, got {value!r}", "stop")
+    if len(items) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in items):
+        raise ApiError(400, f"stop takes at most {MAX_STOP} strings of at most {MAX_STOP_CHARS} characters", "stop")
+    return tuple(dict.fromkeys(items))
+
+
+def _finish_reason(res: Result, session: EngineSession, stop: Sequence[str] = ()) -> str:
+    """``stop`` when the completion ended with end-of-sequence or with the token that completes a
+    stop string, else ``length``."""
+    ids = res.token_ids
+    if not ids:
+        return "length"
+    if ids[-1] in set(session.eos_ids):
+        return "stop"
+    if stop:
+        before = session.decode(ids[:-1])
+        if any(s in res.text and s not in before for s in stop):
+            return "stop"
+    return "length"
 
 
 def _usage(call: _Call, results: Sequence[Result]) -> dict[str, Any]:
@@ -485,10 +517,10 @@ def _response(
         extra = {"exit_reason": r.exit_reason, "compute_tokens": r.compute_tokens, "output_tokens": r.output_tokens}
         if chat:
             message = {"role": "assistant", "content": r.answer_text, "reasoning_content": r.thinking or None}
-            choices.append({"index": i, "message": message, "finish_reason": _finish_reason(r, session),
+            choices.append({"index": i, "message": message, "finish_reason": _finish_reason(r, session, call.stop),
                             "logprobs": None, "reasonexit": extra})
         else:
-            choices.append({"index": i, "text": r.text, "finish_reason": _finish_reason(r, session),
+            choices.append({"index": i, "text": r.text, "finish_reason": _finish_reason(r, session, call.stop),
                             "logprobs": None, "reasonexit": extra})
     return {
         "id": rid,
@@ -627,7 +659,7 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     for i, r in enumerate(results):
         for name, text in texts[i].finish(r):
             yield chunk([delta(i, name, text)])
-        yield chunk([delta(i, "", "", _finish_reason(r, session))])
+        yield chunk([delta(i, "", "", _finish_reason(r, session, call.stop))])
     if call.include_usage:
         yield chunk([], _usage(call, results))
     yield "data: [DONE]\n\n"

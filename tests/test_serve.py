@@ -117,7 +117,8 @@ def test_auth(server):
         ({"reasonexit": {"method": "deer", "thresh": 0.9}}, "reasonexit.thresh", "--thresh"),
         ({"reasonexit": {"method": "deer", "threshold": "high"}}, "reasonexit.threshold", "--threshold"),
         ({"n": 0}, "n", "n must be"),
-        ({"stop": ["\n"]}, "stop", "not supported"),
+        ({"stop": ["\n", 3]}, "stop", "stop must be"),
+        ({"logprobs": True}, "logprobs", "not supported"),
         ({"temperature": -1}, "temperature", "temperature"),
     ],
 )
@@ -285,6 +286,30 @@ def test_early_exit_streams_final_tokens_live(server, session, client, method, o
     assert live_at_first, "the first text arrived after the call had left the engine"
     # streamed as decoded, not as one block at the end
     assert pieces["reasoning"] > 1 and pieces["content"] > 1, pieces
+
+
+@pytest.mark.parametrize("method,opts", [("vanilla", {}), ("deer", {"threshold": 0.5, "mode": "sequential"})])
+def test_stop_strings_end_the_answer(session, client, method, opts):
+    """``stop`` ends the completion with the token that completes the stop string (kept, as
+    vLLM's include_stop_str_in_output), streaming or not; here it falls in the answer."""
+    ref = generate([PROMPTS[3]], method, session=session, max_tokens=400, seed=2, **opts)[0]
+    stop = "boxed"
+    assert stop in ref.answer_text and stop not in ref.thinking
+    args = dict(model="tiny", messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=400, seed=2,
+                stop=[stop, "never written"], extra_body={"reasonexit": {"method": method, **opts}})
+    resp = client.chat.completions.create(**args)
+    msg = resp.choices[0].message
+    assert resp.choices[0].finish_reason == "stop"
+    assert msg.model_extra["reasoning_content"] == ref.thinking
+    assert ref.answer_text.startswith(msg.content) and stop in msg.content
+    assert msg.content.index(stop) + len(stop) > len(msg.content) - 8  # ends with the stop's token
+    assert resp.usage.completion_tokens < ref.output_tokens
+    answer, finish = "", None
+    for chunk in client.chat.completions.create(**args, stream=True):
+        for c in chunk.choices:
+            answer += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert (answer, finish) == (msg.content, "stop")
 
 
 @pytest.mark.parametrize("args,words", [

@@ -54,6 +54,9 @@ class Context:
     #: that feeds nothing is streamed from its outcome when it returns). Sub-controllers
     #: (:meth:`derive`) get none: their tokens are not the user's until their parent says so.
     token_sink: Callable[[list[int]], None] | None = field(default=None, repr=False)
+    #: Stop strings of the request (``reasonexit serve``'s ``stop``): they apply to the requests
+    #: whose tokens the user gets (:meth:`output_sampling`), never to probes or verifier calls.
+    stop: tuple[str, ...] = ()
 
     def sampling(self, **overrides: Any):
         """vLLM ``SamplingParams`` for this context's decoding settings and seed."""
@@ -72,6 +75,15 @@ class Context:
         )
         args.update(overrides)
         return SamplingParams(**args)
+
+    def output_sampling(self, **overrides: Any):
+        """:meth:`sampling` for a request whose tokens go to the user (a trace, an answer): the
+        context's stop strings apply. vLLM checks them on the request's text and ends the request
+        with the token that completes one; that token stays in the completion (reasonexit works in
+        token ids), so the text keeps the stop string, as vLLM's ``include_stop_str_in_output``."""
+        if self.stop:
+            overrides = {"stop": list(self.stop), "detokenize": True, "include_stop_str_in_output": True, **overrides}
+        return self.sampling(**overrides)
 
     def room(self, max_tokens: int, used: int = 0) -> int:
         """``max_tokens`` capped so prompt + ``used`` + new tokens fit in the context."""

@@ -67,7 +67,7 @@ class Budget(Method):
         budget = self.params.max_thinking_tokens
         cap = budget  # thinking tokens of the completion at which the marker is forced
         if self.params.impl == "vllm":
-            params = ctx.sampling(thinking_token_budget=budget)
+            params = ctx.output_sampling(thinking_token_budget=budget)
             # vLLM counts the thinking the prompt already holds against the budget too
             cap = max(0, budget - thinking_in_prompt(ctx.prompt_ids, markers))
         else:
@@ -76,7 +76,7 @@ class Budget(Method):
             extra = budget_args(
                 budget, list(markers.start_ids), list(markers.end_ids), forced, in_thinking=markers.opened_by_template
             )
-            params = ctx.sampling(extra_args=extra)
+            params = ctx.output_sampling(extra_args=extra)
         comp = await ctx.complete(ctx.prompt_ids, params, ctx.request_id("main"))
         split = split_completion(comp.token_ids, markers)
         hit = split.closed and split.thinking_tokens >= cap

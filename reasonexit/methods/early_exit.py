@@ -231,7 +231,7 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
         while chosen is None and main_finish is None and budget_cut is None:
             room = ctx.room(max_tokens, len(trace))
             # A resumed segment (sequential mode) gets its own seed so sampling does not repeat itself.
-            params = ctx.sampling(max_tokens=room, seed=ctx.seed + segment)
+            params = ctx.output_sampling(max_tokens=room, seed=ctx.seed + segment)
             paused = False
             async with contextlib.aclosing(
                 session.stream([*ctx.prompt_ids, *trace], params, ctx.usage, ctx.request_id(f"main{segment}"))
@@ -320,7 +320,9 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     answer = await ctx.complete(
         [*ctx.prompt_ids, *head],
         # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
-        ctx.sampling(max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000),
+        ctx.output_sampling(
+            max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000
+        ),
         ctx.request_id("answer"),
     )
     return Outcome([*head, *answer.token_ids], reason.value, info=info, finished=answer.finish_reason == "stop")

@@ -21,6 +21,6 @@ class Vanilla(Method):
 
     async def solve(self, ctx: Context) -> Outcome:
         """Generate one completion."""
-        comp = await ctx.complete(ctx.prompt_ids, ctx.sampling(), ctx.request_id("main"))
+        comp = await ctx.complete(ctx.prompt_ids, ctx.output_sampling(), ctx.request_id("main"))
         reason = "eos" if comp.finish_reason == "stop" else (comp.finish_reason or "unknown")
         return Outcome(comp.token_ids, reason, finished=comp.finish_reason == "stop")
