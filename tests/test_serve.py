@@ -326,33 +326,39 @@ def test_cli_serve_bad_settings_fail_before_the_engine(capsys, args, words):
 
 
 def test_32_concurrent_streaming_clients_get_complete_answers(server, session):
-    """32 streaming calls at once (vanilla, greedy): each gets the same text as the in-process API."""
+    """32 streaming calls at once (vanilla, greedy): each gets a complete answer (end of sequence
+    after the end of thinking), with the same text, tokens and answer as the in-process API."""
     import asyncio
 
-    prompts = [format_prompt(p["problem"]) for p in generate_problems(32, split="test", seed=77)]
-    refs = generate(prompts, session=session, max_tokens=64)
+    from reasonexit.answers import extract_answer
 
-    async def one(client: openai.AsyncOpenAI, prompt: str) -> tuple[str, str, int]:
+    prompts = [format_prompt(p["problem"]) for p in generate_problems(32, split="test", seed=77)]
+    refs = generate(prompts, session=session, max_tokens=600)
+    assert all(r.exit_reason == "eos" and r.answer for r in refs)  # complete answers to compare with
+
+    async def one(client: openai.AsyncOpenAI, prompt: str) -> tuple[str, str, int, str | None]:
         stream = await client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=64, stream=True,
+            model="tiny", messages=[{"role": "user", "content": prompt}], max_tokens=600, stream=True,
             stream_options={"include_usage": True},
         )
         thinking = answer = ""
-        tokens = -1
+        tokens, finish = -1, None
         async for chunk in stream:
             if chunk.usage is not None:
                 tokens = chunk.usage.completion_tokens
             for c in chunk.choices:
                 thinking += (c.delta.model_extra or {}).get("reasoning_content") or ""
                 answer += c.delta.content or ""
-        return thinking, answer, tokens
+                finish = c.finish_reason or finish
+        return thinking, answer, tokens, finish
 
-    async def all_of_them() -> list[tuple[str, str, int]]:
-        client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    async def all_of_them() -> list[tuple[str, str, int, str | None]]:
+        client = openai.AsyncOpenAI(base_url=server + "/v1", api_key=KEY, max_retries=0, timeout=300)
         try:
             return list(await asyncio.gather(*(one(client, p) for p in prompts)))
         finally:
             await client.close()
 
     got = asyncio.run(all_of_them())
-    assert got == [(r.thinking, r.answer_text, r.output_tokens) for r in refs]
+    assert got == [(r.thinking, r.answer_text, r.output_tokens, "stop") for r in refs]
+    assert [extract_answer(g[1], "math") for g in got] == [r.answer for r in refs]
