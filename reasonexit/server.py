@@ -48,7 +48,7 @@ from .methods.base import Decoding, Method, make_method
 from .options import opt
 from .results import Result
 from .runner import Job, solve_job
-from .thinking import split_completion
+from .thinking import ThinkingTracker
 
 log = logging.getLogger(__name__)
 
@@ -535,8 +535,9 @@ def _response(
 class _ChoiceText:
     """Turns one choice's final token ids, as they arrive, into text deltas: ``reasoning_content``
     (the thinking) and ``content`` (the answer after the end marker) for chat, like vLLM's
-    reasoning parser split, or ``text`` for completions. The text is split the way results are
-    (:func:`~reasonexit.thinking.split_completion`), so the deltas add up to the final response.
+    reasoning parser split, or ``text`` for completions. The thinking span is followed token by
+    token as :func:`~reasonexit.thinking.split_completion` finds it in the whole completion, so the
+    deltas add up to the final response.
     Text that may still change is held back: a possibly incomplete character, and while the
     thinking is open, as many tokens as the end marker has less one."""
 
@@ -545,25 +546,35 @@ class _ChoiceText:
         self.chat = chat
         self.ids: list[int] = []
         self.eos = set(session.eos_ids)
+        # follows the thinking span token by token, as split_completion finds it in the whole
+        self.tracker = ThinkingTracker.for_markers(session.markers)
         fields = ("reasoning_content", "content") if chat else ("text",)
         self.sent: dict[str, str] = dict.fromkeys(fields, "")
         self._offsets: dict[str, tuple[int, int]] = dict.fromkeys(fields, (0, 0))  # (prefix, read) per field
 
+    def _answer(self, start: int) -> list[int]:
+        span = self.ids[start:]
+        return span[:-1] if span and span[-1] in self.eos else span  # end of sequence ends a request
+
     def _spans(self) -> dict[str, list[int]]:
-        ids, markers = self.ids, self.session.markers
+        ids, markers, tr = self.ids, self.session.markers, self.tracker
         if not self.chat:
             return {"text": ids}
         if not markers.has_thinking:
-            return {"reasoning_content": [], "content": [t for t in ids if t not in self.eos]}
-        split = split_completion(ids, markers)
-        hold = 0 if split.closed else max(0, len(markers.end_ids) - 1)
-        thinking = ids[split.thinking_start : max(split.thinking_start, split.thinking_end - hold)]
-        answer = [t for t in ids[split.answer_start :] if t not in self.eos] if split.closed else []
-        return {"reasoning_content": thinking, "content": answer}
+            return {"reasoning_content": [], "content": self._answer(0)}
+        if tr.think_from is None:  # no thinking block opened yet
+            return {"reasoning_content": [], "content": []}
+        if not tr.closed:  # hold back what may be the start of the end marker
+            end = max(tr.think_from, len(ids) - max(0, len(markers.end_ids) - 1))
+            return {"reasoning_content": ids[tr.think_from : end], "content": []}
+        assert tr.think_end is not None
+        return {"reasoning_content": ids[tr.think_from : tr.think_end],
+                "content": self._answer(tr.think_end + len(markers.end_ids))}
 
     def feed(self, new_ids: list[int]) -> list[tuple[str, str]]:
         """Take new final tokens; return the ``(field, text)`` deltas they complete."""
         self.ids.extend(new_ids)
+        self.tracker.feed_many(new_ids)
         out = []
         for name, span in self._spans().items():
             # incremental detokenization: decode only from the last complete piece on

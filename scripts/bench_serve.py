@@ -5,16 +5,18 @@
 
 One engine session serves both paths: the server (``reasonexit.server.create_app`` under uvicorn,
 in a thread of this process, on a loopback port) is driven by the official ``openai`` async
-client with streaming on (to time the first token), and the in-process path calls
-``reasonexit.agenerate`` one prompt at a time. Each path keeps ``--clients`` requests in flight
-until ``--requests`` have finished; request ``i`` uses seed ``i`` on both paths, so both do the
-same work. Each path is warmed up with one round of ``--clients`` requests first (not timed).
-Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to
-first token (TTFT; the in-process API does not stream, so it has none).
+client with streaming on (to time the first token), and the in-process path runs the same
+controller on the engine loop (``reasonexit.runner.solve_job``, what ``reasonexit.agenerate`` runs
+per prompt) with a token sink, which times the first final token the same way the server streams
+it. Each path keeps ``--clients`` requests in flight until ``--requests`` have finished; request
+``i`` uses seed ``i`` on both paths, so both do the same work. Each path is warmed up with one
+round of ``--clients`` requests first (not timed).
 
-Note: the server's streaming is a first cut: vanilla streams tokens as decoded, but early-exit
-methods send their final result once the controller has finished, so their TTFT is close to
-their latency.
+Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to first token
+(TTFT: the first thinking or answer text for the server, the first final token in process); then
+per method the ratio of server to in-process throughput (target >= 0.9) and whether deer's p50
+latency through the server is below vanilla's. The load average before and after is printed: on a
+shared machine the figures move with the other load.
 """
 
 from __future__ import annotations
@@ -68,10 +70,10 @@ def main() -> None:
     import openai
     import uvicorn
 
-    from reasonexit import agenerate
     from reasonexit.engine import EngineConfig, get_session
-    from reasonexit.methods.base import Decoding
+    from reasonexit.methods.base import Decoding, make_method
     from reasonexit.prompts import format_prompt
+    from reasonexit.runner import Job, solve_job
     from reasonexit.server import create_app
     from reasonexit.synthetic import generate_problems
 
@@ -98,11 +100,15 @@ def main() -> None:
     while not server.started:
         time.sleep(0.05)
 
+    prompt_ids = [session.chat_prompt_ids(p) for p in prompts]
+    stats: dict[tuple[str, str], dict[str, float]] = {}
+
     async def run_all() -> list[str]:
         client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
                                     timeout=3600)
         lines = []
         for method in args.methods.split(","):
+            meth = make_method(method)
 
             async def via_server(i: int, method: str = method) -> tuple[float, float | None, int]:
                 start = time.perf_counter()
@@ -122,24 +128,46 @@ def main() -> None:
                         tokens = chunk.usage.completion_tokens
                 return time.perf_counter() - start, first, tokens
 
-            async def in_process(i: int, method: str = method) -> tuple[float, float | None, int]:
+            async def in_process(i: int, meth=meth) -> tuple[float, float | None, int]:
                 start = time.perf_counter()
-                (res,) = await agenerate(prompts[i], method, session=session, max_tokens=args.max_tokens, seed=i)
-                return time.perf_counter() - start, None, res.output_tokens
+                first: list[float] = []
+
+                def sink(ids: list[int]) -> None:  # on the engine loop, as the server's sinks are
+                    if not first:
+                        first.append(time.perf_counter() - start)
+
+                job = Job(id=f"bench{i}", prompt_ids=prompt_ids[i])
+                res = await session.arun(
+                    solve_job(session, meth, job, Decoding(max_tokens=args.max_tokens, seed=i), 0, sink)
+                )
+                return time.perf_counter() - start, (first[0] if first else None), res.output_tokens
 
             for path, fn in (("server", via_server), ("in-process API", in_process)):
                 await _drive(min(args.clients, args.requests), args.clients, fn)  # warm-up, not timed
                 wall, rows = await _drive(args.requests, args.clients, fn)
                 lines.append(_row(method, path, wall, rows))
+                stats[method, path] = {"tok_s": sum(r[2] for r in rows) / wall, "req_s": len(rows) / wall,
+                                       "p50": _pct([r[0] for r in rows], 50)}
                 print(lines[-1], flush=True)
         await client.close()
         return lines
 
-    print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, model {config.model}")
+    print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, "
+          f"model {os.path.basename(config.model)}, load average before {os.getloadavg()[0]:.2f}")
     print("| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
           "| p95 TTFT s |")
     print("|---|---|---|---|---|---|---|---|---|")
     asyncio.run(run_all())
+    print(f"load average after {os.getloadavg()[0]:.2f}")
+    for method in args.methods.split(","):
+        srv, inp = stats[method, "server"], stats[method, "in-process API"]
+        ratio = srv["tok_s"] / inp["tok_s"]
+        print(f"{method}: server / in-process throughput {ratio:.2f} (output tok/s; req/s "
+              f"{srv['req_s'] / inp['req_s']:.2f}), target >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'}")
+    if ("deer", "server") in stats and ("vanilla", "server") in stats:
+        d, v = stats["deer", "server"]["p50"], stats["vanilla", "server"]["p50"]
+        print(f"deer p50 latency through the server {d:.2f} s vs vanilla {v:.2f} s: "
+              f"{'lower' if d < v else 'NOT lower'}")
     server.should_exit = True
     thread.join(timeout=10)
     session.close()
