@@ -648,10 +648,17 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
             done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
                 break
-            i, ids = getter.result()
-            pieces = texts[i].feed(ids)
-            if pieces:
-                yield chunk([delta(i, name, text) for name, text in pieces])
+            # everything queued so far, in one chunk per choice (fewer, larger chunks under load)
+            items = [getter.result()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            merged: dict[int, list[int]] = {}
+            for i, ids in items:
+                merged.setdefault(i, []).extend(ids)
+            for i, ids in merged.items():
+                pieces = texts[i].feed(ids)
+                if pieces:
+                    yield chunk([delta(i, name, text) for name, text in pieces])
         results = task.result()  # raises the call's ApiError, if any
     except ApiError as err:
         if err.status == 499:

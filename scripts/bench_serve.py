@@ -5,7 +5,9 @@
 
 One engine session serves both paths: the server (``reasonexit.server.create_app`` under uvicorn,
 in a thread of this process, on a loopback port) is driven by the official ``openai`` async
-client with streaming on (to time the first token), and the in-process path runs the same
+client with streaming on (to time the first token) from a process of its own, as real clients
+are (in the server's process it would compete with the server and the engine loop for the
+interpreter), and the in-process path runs the same
 controller on the engine loop (``reasonexit.runner.solve_job``, what ``reasonexit.agenerate`` runs
 per prompt) with a token sink, which times the first final token the same way the server streams
 it. Each path keeps ``--clients`` requests in flight until ``--requests`` have finished; request
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import socket
 import statistics
@@ -54,6 +57,42 @@ async def _drive(n: int, clients: int, one) -> tuple[float, list[tuple[float, fl
     return time.perf_counter() - start, out
 
 
+def _client_process(port: int, prompts: list[str], method: str, clients: int, max_tokens: int) -> tuple:
+    """The server path's load: the official ``openai`` async client, streaming, in a process of
+    its own (as real clients are: in this process it would compete with the server and the engine
+    loop for the interpreter). Returns (wall, rows) of the timed pass, after a warm-up round."""
+    import openai
+
+    async def run() -> tuple:
+        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
+                                    timeout=3600)
+
+        async def via_server(i: int) -> tuple[float, float | None, int]:
+            start = time.perf_counter()
+            first = None
+            tokens = 0
+            stream = await client.chat.completions.create(
+                model="bench", messages=[{"role": "user", "content": prompts[i]}], max_tokens=max_tokens,
+                seed=i, stream=True, stream_options={"include_usage": True},
+                extra_body={"reasonexit": {"method": method}},
+            )
+            async for chunk in stream:
+                if first is None and any(
+                    c.delta.content or (c.delta.model_extra or {}).get("reasoning_content") for c in chunk.choices
+                ):
+                    first = time.perf_counter() - start
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+            return time.perf_counter() - start, first, tokens
+
+        await _drive(min(clients, len(prompts)), clients, via_server)  # warm-up, not timed
+        result = await _drive(len(prompts), clients, via_server)
+        await client.close()
+        return result
+
+    return asyncio.run(run())
+
+
 def _row(method: str, path: str, wall: float, rows: list[tuple[float, float | None, int]]) -> str:
     lat = [r[0] for r in rows]
     ttft = [r[1] for r in rows if r[1] is not None]
@@ -67,7 +106,6 @@ def _row(method: str, path: str, wall: float, rows: list[tuple[float, float | No
 
 
 def main() -> None:
-    import openai
     import uvicorn
 
     from reasonexit.engine import EngineConfig, get_session
@@ -103,61 +141,47 @@ def main() -> None:
     prompt_ids = [session.chat_prompt_ids(p) for p in prompts]
     stats: dict[tuple[str, str], dict[str, float]] = {}
 
-    async def run_all() -> list[str]:
-        client = openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0,
-                                    timeout=3600)
-        lines = []
+    async def run_in_process(method: str) -> tuple:
+        meth = make_method(method)
+
+        async def in_process(i: int) -> tuple[float, float | None, int]:
+            start = time.perf_counter()
+            first: list[float] = []
+
+            def sink(ids: list[int]) -> None:  # on the engine loop, as the server's sinks are
+                if not first:
+                    first.append(time.perf_counter() - start)
+
+            job = Job(id=f"bench{i}", prompt_ids=prompt_ids[i])
+            res = await session.arun(
+                solve_job(session, meth, job, Decoding(max_tokens=args.max_tokens, seed=i), 0, sink)
+            )
+            return time.perf_counter() - start, (first[0] if first else None), res.output_tokens
+
+        await _drive(min(args.clients, args.requests), args.clients, in_process)  # warm-up, not timed
+        return await _drive(args.requests, args.clients, in_process)
+
+    def run_all() -> None:
+        ctx = multiprocessing.get_context("spawn")
         for method in args.methods.split(","):
-            meth = make_method(method)
-
-            async def via_server(i: int, method: str = method) -> tuple[float, float | None, int]:
-                start = time.perf_counter()
-                first = None
-                tokens = 0
-                stream = await client.chat.completions.create(
-                    model="bench", messages=[{"role": "user", "content": prompts[i]}], max_tokens=args.max_tokens,
-                    seed=i, stream=True, stream_options={"include_usage": True},
-                    extra_body={"reasonexit": {"method": method}},
-                )
-                async for chunk in stream:
-                    if first is None and any(
-                        c.delta.content or (c.delta.model_extra or {}).get("reasoning_content") for c in chunk.choices
-                    ):
-                        first = time.perf_counter() - start
-                    if chunk.usage is not None:
-                        tokens = chunk.usage.completion_tokens
-                return time.perf_counter() - start, first, tokens
-
-            async def in_process(i: int, meth=meth) -> tuple[float, float | None, int]:
-                start = time.perf_counter()
-                first: list[float] = []
-
-                def sink(ids: list[int]) -> None:  # on the engine loop, as the server's sinks are
-                    if not first:
-                        first.append(time.perf_counter() - start)
-
-                job = Job(id=f"bench{i}", prompt_ids=prompt_ids[i])
-                res = await session.arun(
-                    solve_job(session, meth, job, Decoding(max_tokens=args.max_tokens, seed=i), 0, sink)
-                )
-                return time.perf_counter() - start, (first[0] if first else None), res.output_tokens
-
-            for path, fn in (("server", via_server), ("in-process API", in_process)):
-                await _drive(min(args.clients, args.requests), args.clients, fn)  # warm-up, not timed
-                wall, rows = await _drive(args.requests, args.clients, fn)
-                lines.append(_row(method, path, wall, rows))
+            for path in ("server", "in-process API"):
+                if path == "server":
+                    with ctx.Pool(1) as pool:
+                        wall, rows = pool.apply(
+                            _client_process, (port, prompts, method, args.clients, args.max_tokens)
+                        )
+                else:
+                    wall, rows = asyncio.run(run_in_process(method))
                 stats[method, path] = {"tok_s": sum(r[2] for r in rows) / wall, "req_s": len(rows) / wall,
                                        "p50": _pct([r[0] for r in rows], 50)}
-                print(lines[-1], flush=True)
-        await client.close()
-        return lines
+                print(_row(method, path, wall, rows), flush=True)
 
     print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, "
           f"model {os.path.basename(config.model)}, load average before {os.getloadavg()[0]:.2f}")
     print("| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
           "| p95 TTFT s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    asyncio.run(run_all())
+    run_all()
     print(f"load average after {os.getloadavg()[0]:.2f}")
     for method in args.methods.split(","):
         srv, inp = stats[method, "server"], stats[method, "in-process API"]
