@@ -263,7 +263,7 @@ def heldout_check(model, tokenizer, test: list[dict], judge: list[int], yes_tok:
     }
 
 
-def train(args: argparse.Namespace, data: Any, init: str, tokenizer: Any, work: Path) -> Any:
+def fit_verifier(args: argparse.Namespace, data: Any, init: str, tokenizer: Any, work: Path) -> Any:
     """Fine-tune ``init`` on ``data`` (rows of ``examples``) with TRL's ``SFTTrainer``; the trainer.
 
     Deterministic for ``args.seed`` on CPU: the same data and arguments give the same weights
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path("/tmp") / f"verifier_run_{os.getpid()}"
     t_train = time.time()
-    trainer = train(args, data, init, tokenizer, work)
+    trainer = fit_verifier(args, data, init, tokenizer, work)
     model = trainer.model
     train_min = (time.time() - t_train) / 60
     print(f"[train] done in {train_min:.1f} min", flush=True)

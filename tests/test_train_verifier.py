@@ -76,7 +76,7 @@ def test_training_is_deterministic_for_a_seed(tv, session, labelled, tmp_path):
 
     def weights(seed: int) -> dict[str, torch.Tensor]:
         args.seed = seed
-        model = tv.train(args, data, session.config.model, tok, tmp_path / f"run{seed}").model
+        model = tv.fit_verifier(args, data, session.config.model, tok, tmp_path / f"run{seed}").model
         return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     a, b, c = weights(0), weights(0), weights(1)
