@@ -158,6 +158,8 @@ async def solve_all(
             on_result(res)
         return res
 
+    if jobs:
+        await method.prepare(session)
     tasks = [asyncio.ensure_future(one(i, job)) for i, job in enumerate(jobs)]
     try:
         return list(await asyncio.gather(*tasks))

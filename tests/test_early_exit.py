@@ -64,10 +64,17 @@ def test_exit_reasons_are_the_row_strings():
     assert ExitReason.from_finish("stop") == "eos" and ExitReason.from_finish("length") == "length"
 
 
-def test_auto_mode_is_sequential_on_cpu_and_parallel_on_gpu():
+def test_auto_mode_is_sequential_on_cpu_and_parallel_on_gpu_or_with_checks_elsewhere(session):
     from reasonexit.engine import _cuda_available
     from reasonexit.methods.early_exit import resolve_mode
 
     assert resolve_mode("auto") == ("parallel" if _cuda_available() else "sequential")
+    assert resolve_mode("auto", checks_elsewhere=True) == "parallel"
     assert resolve_mode("parallel") == "parallel" and resolve_mode("sequential") == "sequential"
+    assert resolve_mode("sequential", checks_elsewhere=True) == "sequential"
     assert make_method("deer").limits().mode == "auto" and make_method("flashthink").limits().mode == "auto"
+    # The verifier's engine decides: the testbed's trained verifier runs elsewhere, ``self`` on the same engine.
+    assert make_method("flashthink").limits(session).checks_elsewhere  # auto = trained on the testbed
+    assert not make_method("flashthink", {"verifier": "self"}).limits(session).checks_elsewhere
+    assert make_method("flashthink", {"verifier": "model", "verifier_model": "x"}).limits().checks_elsewhere
+    assert not make_method("deer").limits(session).checks_elsewhere

@@ -166,6 +166,13 @@ class Method(ABC):
         if self.inner is not None:
             self.inner.check_model(has_thinking)
 
+    async def prepare(self, session: EngineSession) -> None:
+        """Set up, before the first problem starts, what the method needs beside the engine (a
+        verifier engine, say), so no problem's trace decodes on while it starts. Runs the inner
+        method's ``prepare`` by default."""
+        if self.inner is not None:
+            await self.inner.prepare(session)
+
     @abstractmethod
     async def solve(self, ctx: Context) -> Outcome:
         """Solve one problem on the shared engine."""

@@ -219,7 +219,7 @@ class Deer(EarlyExitMethod):
         """The transition matcher as the boundary, a probe and its acceptance rule as the judge."""
         return _DeerHooks(self, self._matcher(ctx.session))
 
-    def limits(self) -> ExitLimits:
+    def limits(self, session: EngineSession | None = None) -> ExitLimits:
         """DEER's probe limit and thinking budget for the shared controller."""
         p = self.params
         official = p.compat == "official"

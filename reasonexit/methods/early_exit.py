@@ -20,10 +20,14 @@ Modes (:data:`Mode`):
 - ``sequential``: the trace pauses while a check runs (the papers' semantics).
 - ``parallel`` (branch-parallel): the trace keeps decoding while its checks run; an exit aborts it
   and the tokens decoded past the cut are counted as compute (``discarded_tokens``).
-- ``auto`` (default): sequential on CPU, branch-parallel on GPU. On the 2-core CPU testbed
-  sequential was measured faster when checks are frequent (128 problems, 1.55 probes each:
-  13.0 s vs 15.1 s) and about equal with one check per problem: there decoding is compute-bound,
-  so overlapping checks with decoding costs compute instead of hiding latency.
+- ``auto`` (default): branch-parallel on GPU, and on CPU when the checks run on another engine
+  or endpoint (FlashThink's ``model`` / ``trained`` / ``served`` verifiers); sequential when the
+  checks share the CPU engine with the trace. On the 2-core CPU testbed, with probes on the same
+  engine, sequential was measured faster when checks are frequent (128 problems, 1.55 probes
+  each: 13.0 s vs 15.1 s) and about equal with one check per problem: there decoding is
+  compute-bound, so overlapping checks with decoding costs compute instead of hiding latency.
+  With the trained verifier in its own engine process, branch-parallel was faster (128 problems:
+  5.1 s vs 6.6 s): the verifier's work then overlaps the trace's on the other core.
 
 Under greedy decoding both modes make the same exits (decisions are taken in trace order).
 
@@ -45,11 +49,14 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import UserError
 from ..thinking import ThinkingTracker, closing_ids
 from .base import Context, Method, Outcome
+
+if TYPE_CHECKING:
+    from ..engine import EngineSession
 
 #: How the trace and its checks share the engine (see the module docstring).
 Mode = Literal["auto", "sequential", "parallel"]
@@ -112,12 +119,15 @@ class ExitLimits:
     reaches this fraction of ``max_tokens`` (1: only the token limit). ``check_at_end``: also
     judge the trace's end when the model stops (end of sequence or token limit) still thinking,
     whatever ``max_checks`` says.
-    ``records_key``: the ``info`` key the check records go under.
+    ``records_key``: the ``info`` key the check records go under. ``checks_elsewhere``: the
+    checks run on another engine or endpoint than the trace (see :func:`resolve_mode`).
     """
 
     max_checks: int = 64
     budget_ratio: float = 0.9
     mode: Mode = "auto"
+    #: The checks run on another engine or endpoint than the trace (``auto`` then overlaps them).
+    checks_elsewhere: bool = False
     check_at_end: bool = False
     records_key: str = "checks"
 
@@ -137,10 +147,10 @@ def _on_gpu() -> bool:
     return _cuda_available()
 
 
-def resolve_mode(mode: Mode) -> Literal["sequential", "parallel"]:
-    """``auto`` becomes ``sequential`` on CPU and ``parallel`` on GPU; the others stay."""
+def resolve_mode(mode: Mode, checks_elsewhere: bool = False) -> Literal["sequential", "parallel"]:
+    """``auto`` becomes ``parallel`` on GPU or when the checks run elsewhere, else ``sequential``."""
     if mode == "auto":
-        return "parallel" if _on_gpu() else "sequential"
+        return "parallel" if _on_gpu() or checks_elsewhere else "sequential"
     return mode
 
 
@@ -151,14 +161,14 @@ class EarlyExitMethod(Method):
         """The per-problem hooks (``boundary`` and ``judge``)."""
         raise NotImplementedError
 
-    def limits(self) -> ExitLimits:
-        """The controller limits from the method's parameters."""
+    def limits(self, session: EngineSession | None = None) -> ExitLimits:
+        """The controller limits from the method's parameters (for the reasoning model of ``session``)."""
         raise NotImplementedError
 
     async def solve(self, ctx: Context) -> Outcome:
         """Decode with early-exit checks (see :func:`run_early_exit`)."""
         ctx.session.markers.require_span(self.name)
-        return await run_early_exit(ctx, self.hooks(ctx), self.limits())
+        return await run_early_exit(ctx, self.hooks(ctx), self.limits(ctx.session))
 
 
 async def _timed(hooks: ExitHooks, ctx: Context, trace: list[int], cut: int) -> Verdict:
@@ -175,11 +185,12 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     ``exit_pos`` (thinking tokens kept, ``None`` without an exit), ``discarded_tokens`` (main-trace
     tokens decoded and thrown away: past the exit, or streamed past a sequential pause) and the
     verifier's accounting: ``verifier_tokens`` (decoded), ``verifier_prompt_tokens`` and
-    ``verifier_wall_s`` summed over the checks that were settled.
+    ``verifier_wall_s`` summed over every check that ran to its end, including those that ended
+    after an earlier check's exit was settled (``unsettled_checks``: they have no record).
     """
     session = ctx.session
     markers = session.markers
-    mode = resolve_mode(limits.mode)
+    mode = resolve_mode(limits.mode, limits.checks_elsewhere)
     sequential = mode == "sequential"
     max_tokens = ctx.decoding.max_tokens
     # budget_ratio 1 means no thinking budget beyond the token limit itself.
@@ -285,8 +296,12 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
         for _, task in pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+    # Checks that finished after the deciding one was settled: never decided anything, but what
+    # they decoded and read counts in the verifier's accounting (it is already in ``ctx.usage``).
+    unsettled = [t.result() for _, t in pending if t.done() and not t.cancelled() and t.exception() is None]
 
     think_from = tracker.think_from or 0
+    judged = [v for _, v in settled] + unsettled
     records = []
     for cut, verdict in settled:
         rec = dict(verdict.record)
@@ -296,9 +311,10 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     info: dict[str, Any] = {
         limits.records_key: records,
         "mode": mode,
-        "verifier_tokens": sum(v.tokens for _, v in settled),
-        "verifier_prompt_tokens": sum(v.prompt_tokens for _, v in settled),
-        "verifier_wall_s": round(sum(v.wall_s for _, v in settled), 4),
+        "verifier_tokens": sum(v.tokens for v in judged),
+        "verifier_prompt_tokens": sum(v.prompt_tokens for v in judged),
+        "verifier_wall_s": round(sum(v.wall_s for v in judged), 4),
+        "unsettled_checks": len(unsettled),
         "discarded_tokens": dropped,
     }
     if chosen is not None:

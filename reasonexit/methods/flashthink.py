@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..engine import DEFAULT_MODEL, EngineConfig, EngineSession, Usage, get_session
+from ..engine import DEFAULT_MODEL, EngineConfig, EngineSession, Usage, get_session, spare_cpu_core
 from ..errors import UserError
 from .base import Context, register
 from .early_exit import EarlyExitMethod, ExitLimits, Mode, Verdict, validate_limits
@@ -92,7 +92,8 @@ class FlashThinkParams:
     mode: Mode = field(
         default="auto",
         metadata={
-            "help": "sequential, parallel (decode on while verifying) or auto (sequential on CPU, parallel on GPU)"
+            "help": "sequential, parallel (decode on while verifying) or auto (parallel on GPU or with a verifier"
+            " on its own engine or endpoint, else sequential)"
         },
     )
     verifier: VerifierKind = field(
@@ -111,6 +112,13 @@ class FlashThinkParams:
         metadata={"help": "a failing served verifier stops the run (fail) or exits are skipped (continue)"},
     )
     verifier_kv_cache_gib: float = field(default=1.0, metadata={"help": "KV cache of the verifier engine on CPU (GiB)"})
+    verifier_cpu_cores: str | None = field(
+        default=None,
+        metadata={
+            "help": "CPU only: cores the verifier engine's threads bind to (default: the core vLLM leaves "
+            "free beside the main engine; see engine.spare_cpu_core)"
+        },
+    )
     verifier_gpu_memory_utilization: float = field(
         default=0.2, metadata={"help": "GPU memory share of the verifier engine (lower the main engine's to fit)"}
     )
@@ -267,11 +275,13 @@ class EngineVerifier(Verifier):
             return Check(0.0, None, None, len(prompt), error="verifier prompt longer than the verifier's context")
         usage = Usage()
         rid = self.session.new_request_id(f"{ctx.request_prefix}.verify")
-        if self.session is self.main:
-            tops = await self._ask(prompt, usage, rid)
-        else:
-            tops = await self.session.arun(self._ask(prompt, usage, rid))
-        _add_usage(ctx.usage, usage)
+        try:
+            if self.session is self.main:
+                tops = await self._ask(prompt, usage, rid)
+            else:
+                tops = await self.session.arun(self._ask(prompt, usage, rid))
+        finally:  # a check cancelled by an earlier exit still counts what it had decoded
+            _add_usage(ctx.usage, usage)
         score, y, n = yes_no_score(
             [tops[i] for i in self.yes_ids if i in tops], [tops[i] for i in self.no_ids if i in tops]
         )
@@ -436,10 +446,25 @@ class FlashThink(EarlyExitMethod):
             self._chunks[key] = _Chunks(ctx.session, self.params.delimiters)
         return _FlashThinkHooks(self, self._chunks[key])
 
-    def limits(self) -> ExitLimits:
-        """FlashThink's check limit and thinking budget for the shared controller."""
+    def limits(self, session: EngineSession | None = None) -> ExitLimits:
+        """FlashThink's check limit and thinking budget for the shared controller.
+
+        With a verifier on its own engine or endpoint (not ``self``), ``auto`` mode decodes on
+        while the verifier runs (see :func:`~reasonexit.methods.early_exit.resolve_mode`).
+        """
         p = self.params
-        return ExitLimits(max_checks=p.max_checks, budget_ratio=p.budget_ratio, mode=p.mode, records_key="checks")
+        kind = p.verifier if session is None else self.verifier_kind(session)
+        return ExitLimits(
+            max_checks=p.max_checks,
+            budget_ratio=p.budget_ratio,
+            mode=p.mode,
+            checks_elsewhere=kind in ("model", "trained", "served"),
+            records_key="checks",
+        )
+
+    async def prepare(self, session: EngineSession) -> None:
+        """Build the verifier (start its engine) before any trace decodes."""
+        await self.verifier(session)
 
     def verifier_kind(self, session: EngineSession) -> str:
         """The verifier kind ``auto`` stands for with this reasoning model."""
@@ -492,6 +517,7 @@ class FlashThink(EarlyExitMethod):
             seed=cfg.seed,
             max_num_seqs=cfg.max_num_seqs,
             trust_remote_code=cfg.trust_remote_code,
+            cpu_cores=p.verifier_cpu_cores or (spare_cpu_core() if cfg.cpu_cores is None else None),
             no_thinking=True,
         )
         loop = asyncio.get_running_loop()
