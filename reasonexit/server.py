@@ -272,6 +272,7 @@ def create_app(
         ``sinks[i]`` gets choice ``i``'s tokens as they become final (streaming)."""
 
         async def all_choices() -> list[Result]:
+            await call.method.prepare(session)  # e.g. a verifier engine, before any trace decodes
             coros = [
                 solve_job(session, call.method, Job(id=f"{request_id}.{p}", prompt_ids=ids), call.decoding, j,
                           sinks[p * call.n + j] if sinks is not None else None, call.stop)
