@@ -468,6 +468,19 @@ class EngineSession:
             raise
         return task.result()
 
+    def on_engine_loop(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """True when ``loop`` is this session's engine loop."""
+        return loop is self._loop
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule a coroutine on the engine's loop (starting the engine first) without waiting."""
+        try:
+            self.start()
+        except BaseException:
+            coro.close()
+            raise
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     async def arun(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await a coroutine run on the engine's loop, from any other event loop."""
         if asyncio.get_running_loop() is self._loop:

@@ -638,7 +638,10 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     texts = [_ChoiceText(session, chat) for _ in range(total)]
 
     def sink(i: int) -> Callable[[list[int]], None]:
-        # called on the engine loop: hand the tokens over to this (the server's) loop
+        # called on the engine loop: hand the tokens over to this (the server's) loop, directly when
+        # the server runs on the engine loop (``serve``), else thread-safely
+        if session.on_engine_loop(loop):
+            return lambda ids: queue.put_nowait((i, ids))
         return lambda ids: loop.call_soon_threadsafe(queue.put_nowait, (i, ids))
 
     task = asyncio.ensure_future(run([sink(i) for i in range(total)]))
@@ -704,4 +707,33 @@ def serve(
         max_n=options.max_n,
     )
     session.start()
-    uvicorn.run(app, host=options.host, port=options.port, log_level="warning")
+    # Served on the engine's own loop: HTTP handling, controllers and token streams share one
+    # event loop, so no token crosses threads on its way to the client.
+    server = uvicorn.Server(uvicorn.Config(app, host=options.host, port=options.port, log_level="warning"))
+    session.run(server.serve())
+
+
+def start_server(app: Any, session: EngineSession, host: str = "127.0.0.1", port: int = 8000) -> Any:
+    """Serve ``app`` with uvicorn on the session's engine loop in the background (as ``serve`` does);
+    returns the ``uvicorn.Server`` once it listens. Stop it with :func:`stop_server`."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    server.reasonexit_future = session.submit(server.serve())  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while not server.started:
+        fut = server.reasonexit_future  # type: ignore[attr-defined]
+        if fut.done():
+            fut.result()  # raises why it could not start
+            raise RuntimeError("the server stopped before it started")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start listening on {host}:{port} within 30 s")
+        time.sleep(0.02)
+    return server
+
+
+def stop_server(server: Any, timeout: float = 10.0) -> None:
+    """Stop a server started by :func:`start_server` and wait for it to finish."""
+    server.should_exit = True
+    with contextlib.suppress(Exception):
+        server.reasonexit_future.result(timeout=timeout)

@@ -19,9 +19,13 @@
    P(yes) / (P(yes) + P(no))), written to ``verifier_info.json`` with the judging prompt, which
    FlashThink reads back.
 
-The bundled testbed's verifier (about 20 minutes on 2 CPU cores)::
+The bundled testbed's verifier (600 problems, 5,093 labelled boundaries, 3 epochs)::
 
     python scripts/train_verifier.py --out reasonexit/assets/tiny_verifier
+
+On 2 CPU cores shared with other work (load average 5-11) this took 24.8 minutes (1.5 collecting,
+19.1 training) and gave weights bit-identical to the committed ones, trained in an earlier session
+(held-out boundary accuracy 0.9197).
 
 A real model and dataset on GPUs: the same script, e.g.::
 
@@ -83,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--init-from", default=None, help="starting checkpoint (default: the reasoning model)")
     p.add_argument("--epochs", type=float, default=3.0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="CPU threads for training")
     p.add_argument("--no-cpu", action="store_true", help="train on the GPU when there is one")
