@@ -133,6 +133,36 @@ class _Metrics:
         )
 
 
+class _BearerAuth:
+    """ASGI middleware: ``/v1/`` requests need ``Authorization: Bearer <api_key>`` (else 401).
+
+    A plain ASGI class rather than Starlette's ``BaseHTTPMiddleware``: that one re-wraps every
+    response body and ``receive`` call in anyio streams and task groups, which profiling showed
+    as a fifth of the server's time at 64 streaming clients.
+    """
+
+    def __init__(self, app: Any, api_key: str, rejected: Callable[[str], None]) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode("latin-1")
+        self.rejected = rejected
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if header != self.expected:
+                self.rejected(scope["path"])
+                err = ApiError(
+                    401,
+                    "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                    None,
+                    "authentication_error",
+                    "invalid_api_key",
+                )
+                await _error_response(err)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def _error_response(err: ApiError) -> Any:
     from fastapi.responses import JSONResponse
 
@@ -185,16 +215,10 @@ def create_app(
         metrics.requests.labels(request.url.path, str(exc.status)).inc()
         return _error_response(exc)
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if api_key is not None and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            if header != f"Bearer {api_key}":
-                metrics.requests.labels(request.url.path, "401").inc()
-                err = ApiError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", None,
-                               "authentication_error", "invalid_api_key")
-                return _error_response(err)
-        return await call_next(request)
+    if api_key is not None:
+        app.add_middleware(
+            _BearerAuth, api_key=api_key, rejected=lambda path: metrics.requests.labels(path, "401").inc()
+        )
 
     @app.get("/health")
     async def health() -> Any:

@@ -15,7 +15,7 @@ import uvicorn
 from reasonexit import generate
 from reasonexit.methods.base import Decoding
 from reasonexit.prompts import format_prompt
-from reasonexit.server import create_app
+from reasonexit.server import create_app, start_server, stop_server
 from reasonexit.synthetic import generate_problems
 
 KEY = "test-key"
@@ -31,7 +31,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(session):
-    """The server on a free loopback port in a background thread; stopped after the module."""
+    """The server on a free loopback port, on the engine's loop as ``reasonexit serve`` runs it;
+    stopped after the module."""
+    app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny")
+    port = _free_port()
+    srv = start_server(app, session, port=port)
+    yield f"http://127.0.0.1:{port}"
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def thread_server(session):
+    """The same app under uvicorn on a loop and thread of its own (an app embedded elsewhere)."""
     app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny")
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
@@ -139,7 +150,10 @@ def test_prompt_over_context_is_400(client, session):
     assert err.value.body["code"] == "context_length_exceeded"
 
 
-def test_streaming_chat_with_usage(session, client):
+@pytest.mark.parametrize("loop", ["engine", "thread"])
+def test_streaming_chat_with_usage(session, request, loop):
+    url = request.getfixturevalue("server" if loop == "engine" else "thread_server")
+    client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
     stream = client.chat.completions.create(
         model="tiny", messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=MAX, seed=1, stream=True,
         stream_options={"include_usage": True},
