@@ -53,8 +53,12 @@ def quiet_by_default() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
-    # torch says once per process that Triton is absent (the CPU install removes the CUDA Triton)
+    # torch says once per process that Triton is absent (the CPU install removes the CUDA Triton):
+    # here through the logger, in the engine processes (fresh interpreters) through TORCH_LOGS,
+    # which torch reads at import ("-" sets a logger to errors only)
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+    if not os.environ.get("TORCH_LOGS"):
+        os.environ["TORCH_LOGS"] = "-torch._library.triton"
 
 
 def _verbose() -> bool:

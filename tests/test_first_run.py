@@ -135,3 +135,6 @@ def test_fresh_eval_is_quiet_before_the_progress_bar(tmp_path):
     before = err[: err.index("problems:")].splitlines()
     assert len([ln for ln in before if ln.strip()]) <= 5, before
     assert "INFO" not in proc.stderr and "WARNING" not in proc.stderr
+    # nor torch's glog-style lines from the engine processes ("W1123 15:15:56.738 ... Triton not available")
+    assert not re.search(r"(^|[\r\n|\]])[IWEF]\d{4} \d\d:\d\d:\d\d", proc.stderr), proc.stderr[-2000:]
+    assert "Triton" not in proc.stderr
