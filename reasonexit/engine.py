@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import step_rules
+from ._exit import freeze_gc_at_exit
 from .errors import UserError
 from .options import opt
 from .thinking import ThinkingMarkers, detect_markers, render_chat
@@ -212,6 +213,7 @@ class EngineSession:
         self._watchdog: subprocess.Popen | None = None
         #: True when a caller gave up waiting for the engine start (the loop thread is still in it).
         self._start_abandoned = False
+        freeze_gc_at_exit()  # runs after close (atexit runs the last registered first)
         atexit.register(self.close)
 
     @property
