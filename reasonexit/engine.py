@@ -380,7 +380,15 @@ class EngineSession:
             raise EngineStartError.from_exception(exc) from None
         self.runner = "v2" if v2 else "v1"
         self.step_rules = frozenset(rules)
-        return engine
+        try:
+            return engine
+        finally:
+            # This frame can outlive the call: vLLM keeps an import error (no torchcodec, in
+            # vllm.multimodal.media.audio) whose traceback holds every frame of the first vLLM
+            # import, this one included. Holding the engine here kept it alive until that module
+            # was torn down at interpreter exit, after vLLM's own globals, and AsyncLLM.__del__
+            # then failed with "'NoneType' object is not callable".
+            del engine
 
     def _cancel_loop_tasks(self) -> None:
         """Cancel every task on the engine loop and wait (a few seconds at most) until they end."""

@@ -164,3 +164,33 @@ def test_engine_processes_skip_the_final_garbage_collection():
 
     EngineSession(EngineConfig()).close()  # the tokenizer only: the engine starts on first use
     assert quick_exit._registered
+
+
+ENGINE_RELEASED = """
+import gc
+import sys
+
+from reasonexit.engine import EngineConfig, EngineSession
+
+if __name__ == "__main__":
+    assert "vllm.engine.arg_utils" not in sys.modules  # vLLM's first import happens in the engine start
+    session = EngineSession(EngineConfig())
+    session.start()
+    session.close()
+    gc.collect()
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    print("live engines:", sum(isinstance(o, AsyncLLM) for o in gc.get_objects()))
+"""
+
+
+def test_closed_engine_is_released_and_exit_is_silent(tmp_path):
+    """A closed session's AsyncLLM is freed at once. It used to stay alive (held by a frame that a
+    vLLM import error's traceback keeps) until interpreter exit, where its __del__ failed noisily."""
+    script = tmp_path / "release.py"
+    script.write_text(ENGINE_RELEASED)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("live engines: 0"), proc.stdout
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
