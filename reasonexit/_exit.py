@@ -6,9 +6,8 @@ about 7 s after the last line of ``reasonexit eval`` and about 3 s of every engi
 (the EngineCore process's own exit, which ``AsyncLLM.shutdown`` waits for). Freezing the
 collector at exit (:func:`gc.freeze`) skips those walks. Objects are still freed when their last
 reference goes; only garbage in reference cycles is left for the operating system to reclaim,
-so no ``__del__`` of such an object runs at exit (among them vLLM's ``AsyncLLM.__del__``, which
-otherwise fails at exit with "'NoneType' object is not callable" once module globals are gone).
-Every ``atexit`` handler registered before this one still runs, after it.
+so no ``__del__`` of such an object runs at exit (engines are shut down explicitly before:
+``EngineSession.close``). Every ``atexit`` handler registered before this one still runs, after it.
 """
 
 from __future__ import annotations
