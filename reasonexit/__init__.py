@@ -13,7 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from ._exit import freeze_gc_at_exit_in_engine_processes
 from .errors import UserError
+
+freeze_gc_at_exit_in_engine_processes()
 
 if TYPE_CHECKING:
     from .api import agenerate, evaluate, generate

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import step_rules
+from ._exit import freeze_gc_at_exit
 from .errors import UserError
 from .options import opt
 from .thinking import ThinkingMarkers, detect_markers, render_chat
@@ -53,8 +54,12 @@ def quiet_by_default() -> None:
     import warnings
 
     warnings.filterwarnings("ignore", message=r".*torch\.distributed\.reduce_op", category=FutureWarning)
-    # torch says once per process that Triton is absent (the CPU install removes the CUDA Triton)
+    # torch says once per process that Triton is absent (the CPU install removes the CUDA Triton):
+    # here through the logger, in the engine processes (fresh interpreters) through TORCH_LOGS,
+    # which torch reads at import ("-" sets a logger to errors only)
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
+    if not os.environ.get("TORCH_LOGS"):
+        os.environ["TORCH_LOGS"] = "-torch._library.triton"
 
 
 def _verbose() -> bool:
@@ -213,6 +218,7 @@ class EngineSession:
         self._watchdog: subprocess.Popen | None = None
         #: True when a caller gave up waiting for the engine start (the loop thread is still in it).
         self._start_abandoned = False
+        freeze_gc_at_exit()  # runs after close (atexit runs the last registered first)
         atexit.register(self.close)
 
     @property
@@ -381,7 +387,15 @@ class EngineSession:
             raise EngineStartError.from_exception(exc) from None
         self.runner = "v2" if v2 else "v1"
         self.step_rules = frozenset(rules)
-        return engine
+        try:
+            return engine
+        finally:
+            # This frame can outlive the call: vLLM keeps an import error (no torchcodec, in
+            # vllm.multimodal.media.audio) whose traceback holds every frame of the first vLLM
+            # import, this one included. Holding the engine here kept it alive until that module
+            # was torn down at interpreter exit, after vLLM's own globals, and AsyncLLM.__del__
+            # then failed with "'NoneType' object is not callable".
+            del engine
 
     def _cancel_loop_tasks(self) -> None:
         """Cancel every task on the engine loop and wait (a few seconds at most) until they end."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import json
 import types
 import typing
@@ -64,66 +65,90 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def convert(value: Any, tp: Any, name: str) -> Any:
+def convert(value: Any, tp: Any, name: str, *, typed: bool = False) -> Any:
     """Convert a command-line string (or a YAML / Python value) to the annotated type ``tp``.
 
     ``name`` is the option's flag or key, used in the one-line :class:`UserError` for a bad value.
+    With ``typed`` (YAML recipes, whose values already carry a type) text is not read as a number,
+    a boolean, a list or ``none``, and escapes in text are left alone; only a float takes a numeric
+    string, because PyYAML reads ``1e-6`` (no dot) as text.
     """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if (origin is dict or tp is dict) and isinstance(value, str):
+    if tp is Any:
+        return value
+    if (origin is dict or tp is dict) and isinstance(value, str) and not typed:
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, dict):
-            raise UserError(f"{name} expects a JSON object, got {value!r}")
+            raise UserError(f"{name} must be a JSON object, got {value!r}")
         return parsed
     if origin is dict or tp is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{name} expects a mapping, got {value!r}")
+            raise UserError(f"{name} must be a mapping, got {value!r}")
         return value
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if value is None or (not typed and isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]
-        return convert(value, inner[0], name)
+        if len(inner) == 1:
+            return convert(value, inner[0], name, typed=typed)
+        for member in inner:  # the first member that takes the value
+            try:
+                return convert(value, member, name, typed=typed)
+            except UserError:
+                continue
+        raise UserError(f"{name} must be {type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
-        if value not in args:
+        if value not in args or (isinstance(value, bool) and not any(a is value for a in args)):
             raise UserError(f"{name} must be one of {', '.join(map(str, args))}, not {value!r}")
         return value
-    if origin in (tuple, list):
+    if origin in (tuple, list) or tp in (tuple, list):
         # only command-line text is split and trimmed; Python and YAML values (e.g. "\n\n") stay as given
-        items = [v.strip() for v in value.split(",")] if isinstance(value, str) else value
+        items = [v.strip() for v in value.split(",")] if isinstance(value, str) and not typed else value
         if not isinstance(items, list | tuple):
-            raise UserError(f"{name} expects a list, got {value!r}")
-        elem = args[0] if args else str
-        items = [convert(v, elem, name) for v in items]
-        return tuple(items) if origin is tuple else items
+            raise UserError(f"{name} must be a list, got {value!r}")
+        elem = args[0] if args else (str if not typed else Any)
+        items = [convert(v, elem, name, typed=typed) for v in items]
+        return tuple(items) if (origin or tp) is tuple else items
     if tp is bool:
         if isinstance(value, bool):
             return value
         low = str(value).lower()
-        if low in ("1", "true", "yes", "on"):
+        if not typed and low in ("1", "true", "yes", "on"):
             return True
-        if low in ("0", "false", "no", "off"):
+        if not typed and low in ("0", "false", "no", "off"):
             return False
-        raise UserError(f"{name} expects true or false, got {value!r}")
+        raise UserError(f"{name} must be true or false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float | str):
-            raise UserError(f"{name} expects {tp.__name__}, got {value!r}")
+        wrong = isinstance(value, bool) or not isinstance(value, int | float | str)
+        if typed and tp is int:  # a typed value: an int is an int (not "8", not 8.0)
+            wrong = wrong or not isinstance(value, int)
+        if wrong:
+            raise UserError(f"{name} must be {tp.__name__}, got {value!r}")
         try:
             out = tp(value)
         except ValueError:
-            raise UserError(f"{name} expects {tp.__name__}, got {value!r}") from None
+            raise UserError(f"{name} must be {tp.__name__}, got {value!r}") from None
         if tp is int and isinstance(value, float) and value != out:
-            raise UserError(f"{name} expects int, got {value!r}")
+            raise UserError(f"{name} must be int, got {value!r}")
         return out
     if tp is str:
         if not isinstance(value, str):
-            raise UserError(f"{name} expects text, got {value!r}")
+            raise UserError(f"{name} must be text, got {value!r}")
+        if typed:
+            return value
         return value.encode().decode("unicode_escape") if "\\n" in value else value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        for member in tp:
+            if value == member.value or value == member.name:
+                return member if not typed else value
+        raise UserError(f"{name} must be one of {', '.join(str(m.value) for m in tp)}, got {value!r}")
     return value
 
 
@@ -176,13 +201,16 @@ def build(cls: type, kwargs: dict[str, Any], what: str) -> Any:
     return cls(**converted)
 
 
-def describe(cls: type, skip: Iterable[str] = ()) -> list[str]:
-    """Lines ``--flag TYPE (default X): help`` for every field of ``cls``."""
+def describe(cls: type, skip: Iterable[str] = (), key_prefix: str | None = None) -> list[str]:
+    """Lines ``--flag [TYPE] (default X): help`` for every field of ``cls``; with ``key_prefix``
+    (YAML keys, e.g. ``"dataset."``) the field is named ``key_prefix + name`` instead of its flag."""
     lines = []
     for f, tp in fields_of(cls, skip):
         default = default_of(f)
         shown = "" if default is MISSING else f" (default {_show(default)})"
-        lines.append(f"{flag_of(f)} [{type_name(tp)}]{shown}: {help_of(f)}")
+        shown_type = type_name(tp).replace(" (comma-separated)", "") if key_prefix is not None else type_name(tp)
+        name = flag_of(f) if key_prefix is None else key_prefix + f.name
+        lines.append(f"{name} [{shown_type}]{shown}: {help_of(f)}")
     return lines
 
 

@@ -40,7 +40,7 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         (["--dataset", "no_such_set"], "unknown dataset"),
         (["--method", "no_such_method"], "unknown method"),
         (["--method", "budget", "--bogus", "3"], "unknown option --bogus"),
-        (["--method", "budget", "--max-thinking-tokens", "many"], "expects int"),
+        (["--method", "budget", "--max-thinking-tokens", "many"], "must be int"),
         (["--model", "/nonexistent/model"], "model not found"),
         (["--limit", "0"], "--limit must be >= 1"),
     ],

@@ -135,3 +135,62 @@ def test_fresh_eval_is_quiet_before_the_progress_bar(tmp_path):
     before = err[: err.index("problems:")].splitlines()
     assert len([ln for ln in before if ln.strip()]) <= 5, before
     assert "INFO" not in proc.stderr and "WARNING" not in proc.stderr
+    # nor torch's glog-style lines from the engine processes ("W1123 15:15:56.738 ... Triton not available")
+    assert not re.search(r"(^|[\r\n|\]])[IWEF]\d{4} \d\d:\d\d:\d\d", proc.stderr), proc.stderr[-2000:]
+    assert "Triton" not in proc.stderr
+
+
+def _report_freeze(queue) -> None:  # noqa: ANN001 - a multiprocessing queue
+    import reasonexit._exit as quick_exit
+
+    queue.put(quick_exit._registered)
+
+
+def test_engine_processes_skip_the_final_garbage_collection():
+    """vLLM's engine processes (spawned, named like EngineCore) freeze the collector at exit, which
+    cut seconds off every engine shutdown; the main process does so once it holds an engine session."""
+    import multiprocessing as mp
+
+    import reasonexit._exit as quick_exit
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_report_freeze, args=(queue,), name="EngineCore_DP0")
+    child.start()
+    assert queue.get(timeout=120) is True
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    from reasonexit.engine import EngineSession
+
+    EngineSession(EngineConfig()).close()  # the tokenizer only: the engine starts on first use
+    assert quick_exit._registered
+
+
+ENGINE_RELEASED = """
+import gc
+import sys
+
+from reasonexit.engine import EngineConfig, EngineSession
+
+if __name__ == "__main__":
+    assert "vllm.engine.arg_utils" not in sys.modules  # vLLM's first import happens in the engine start
+    session = EngineSession(EngineConfig())
+    session.start()
+    session.close()
+    gc.collect()
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    print("live engines:", sum(isinstance(o, AsyncLLM) for o in gc.get_objects()))
+"""
+
+
+def test_closed_engine_is_released_and_exit_is_silent(tmp_path):
+    """A closed session's AsyncLLM is freed at once. It used to stay alive (held by a frame that a
+    vLLM import error's traceback keeps) until interpreter exit, where its __del__ failed noisily."""
+    script = tmp_path / "release.py"
+    script.write_text(ENGINE_RELEASED)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("live engines: 0"), proc.stdout
+    assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

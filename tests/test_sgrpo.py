@@ -170,6 +170,81 @@ def test_malformed_recipes_raise_one_line_user_errors(over, message):
     assert text.startswith("r.yaml: ")
 
 
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        (None, "threads", "two", "'threads' must be int, got 'two'"),
+        (None, "time_limit_minutes", [1], "'time_limit_minutes' must be float, got [1]"),
+        (None, "final_dtype", "fp8", "'final_dtype' must be one of float32, bfloat16, float16"),
+        ("dataset", "limit", 2.5, "'dataset.limit' must be int, got 2.5"),
+        ("dataset", "name", 7, "'dataset.name' must be text, got 7"),
+        ("generation", "temperature", "hot", "'generation.temperature' must be float, got 'hot'"),
+        ("generation", "backend", "tpu", "'generation.backend' must be one of auto, transformers, vllm, vllm-cpu"),
+        ("sgrpo", "answer_max_tokens", True, "'sgrpo.answer_max_tokens' must be int, got True"),
+        ("sgrpo", "exit_sampling", 3, "'sgrpo.exit_sampling' must be one of random, even"),
+        ("grpo", "num_generations", None, "'grpo.num_generations' must be int, got None"),
+        ("training", "bf16", "yes", "'training.bf16' must be true or false, got 'yes'"),
+    ],
+)
+def test_wrong_type_in_each_section_names_file_and_key(tmp_path, section, key, value, message):
+    import yaml
+
+    from reasonexit.training.config import load_recipe
+
+    data = _recipe()
+    if section is None:
+        data[key] = value
+    else:
+        data[section] = {**data.get(section, {}), key: value}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError) as err:
+        load_recipe(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and message in text and "\n" not in text
+
+
+def test_yaml_values_keep_their_type():
+    """One converter, two modes: YAML values are typed (no text-to-number or escape reading), except
+    that a float takes PyYAML's ``1e-6`` text."""
+    r = recipe_from_dict(
+        _recipe(
+            sgrpo={"answer_inducer": "\\n{think_end}"},
+            training={"per_device_train_batch_size": 4, "learning_rate": "1e-6"},
+        ),
+        "r.yaml",
+    )
+    assert r.sgrpo.answer_inducer == "\\n{think_end}" and r.training["learning_rate"] == 1e-6
+    assert isinstance(recipe_from_dict(_recipe(generation={"temperature": 1}), "r.yaml").generation.temperature, float)
+
+
+def test_help_recipe_lists_every_key_with_help(capsys):
+    import dataclasses
+
+    from reasonexit.cli import main
+    from reasonexit.training.config import _SECTIONS, TrainRecipe
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--help-recipe"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    sections = [(None, TrainRecipe)] + list(_SECTIONS.items())
+    count = 0
+    for section, cls in sections:
+        for f in dataclasses.fields(cls):
+            if f.name in ("source", "training") or (section is None and f.name in _SECTIONS):
+                continue
+            key = f"{section}.{f.name}" if section else f.name
+            line = next((x.strip() for x in lines if x.strip().startswith(key + " [")), None)
+            assert line is not None, key
+            assert f.metadata["help"] and line.endswith(": " + f.metadata["help"]), key
+            count += 1
+    assert count >= 25
+    assert "training: any trl.GRPOConfig field" in out and "training.num_generations: set by sgrpo.num_exits" in out
+    assert "(default 8)" in next(x for x in lines if "sgrpo.num_exits [int]" in x)
+
+
 def test_recipe_defaults_and_group_size():
     r = recipe_from_dict(_recipe(), "r.yaml")
     assert r.group_size == 4 and r.sgrpo.shared_prefix == "branches" and r.sgrpo.exit_sampling == "random"

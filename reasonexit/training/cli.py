@@ -15,6 +15,20 @@ from ..errors import UserError
 EXIT_USER_ERROR = 2
 
 
+class _RecipeKeys(argparse.Action):
+    """``--help-recipe``: print every recipe key with type, default and help, then exit (like ``--help``)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest=dest, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        from .config import recipe_keys
+
+        print("Recipe keys (YAML; a section's keys nest under it, e.g. `sgrpo: {num_exits: 8}`):")
+        print("\n".join("  " + line for line in recipe_keys()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``reasonexit train``."""
     p = argparse.ArgumentParser(
@@ -26,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("method", choices=["sgrpo", "grpo"], help="training method")
-    p.add_argument("--config", required=True, help="YAML recipe (see rl/README.md)")
+    p.add_argument("--config", required=True, help="YAML recipe (see rl/README.md and --help-recipe)")
+    p.add_argument("--help-recipe", action=_RecipeKeys, help="list every recipe key with type, default and help")
     p.add_argument("--output-dir", default=None, help="override the recipe's output_dir")
     p.add_argument("--resume", action="store_true", help="resume from the last checkpoint in the output dir")
     p.add_argument("--max-steps", type=int, default=None, help="override training.max_steps")

@@ -22,21 +22,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import UserError
+from ..options import convert, describe, fields_of, opt
 
-METHODS: tuple[str, ...] = ("sgrpo", "grpo")
-EXIT_SAMPLING: tuple[str, ...] = ("random", "even")
+Method = Literal["sgrpo", "grpo"]
+ExitSampling = Literal["random", "even"]
 #: ``branches``: every truncated branch trains its copy of the shared thinking prefix (the paper's
 #: objective, where each group member is a whole response). ``full``: the prefix is trained once, on the
 #: full rollout; in the branches it is masked out and only the generated answer is trained.
-SHARED_PREFIX: tuple[str, ...] = ("branches", "full")
-BACKENDS: tuple[str, ...] = ("auto", "transformers", "vllm", "vllm-cpu")
-VLLM_MODES: tuple[str, ...] = ("colocate", "server")
-FINAL_DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+SharedPrefix = Literal["branches", "full"]
+Backend = Literal["auto", "transformers", "vllm", "vllm-cpu"]
+VllmMode = Literal["colocate", "server"]
+FinalDtype = Literal["float32", "bfloat16", "float16"]
+
+METHODS: tuple[str, ...] = typing.get_args(Method)
+EXIT_SAMPLING: tuple[str, ...] = typing.get_args(ExitSampling)
+SHARED_PREFIX: tuple[str, ...] = typing.get_args(SharedPrefix)
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+VLLM_MODES: tuple[str, ...] = typing.get_args(VllmMode)
+FINAL_DTYPES: tuple[str, ...] = typing.get_args(FinalDtype)
 
 #: The paper's answer inducer; ``{think_end}`` is replaced by the model's end-of-thinking marker.
 DEFAULT_INDUCER = "\n\nTime is limited, stop thinking and start answering.\n{think_end}\n\n"
@@ -55,15 +64,15 @@ _OWNED_TRAINING_KEYS = {
 
 @dataclass
 class DatasetSection:
-    """Training problems, loaded with :func:`reasonexit.datasets.load_problems`."""
+    """Training problems, loaded like `reasonexit eval --dataset` (reasonexit.datasets.load_problems)."""
 
-    name: str = "synthetic"
-    split: str | None = "train"
-    limit: int | None = None
-    seed: int = 0
-    problem_field: str | None = None
-    answer_field: str | None = None
-    dataset_format: str | None = None
+    name: str = opt("synthetic", help="dataset name (gsm8k, math500, synthetic, ...) or a local .jsonl/.json/.parquet")
+    split: str | None = opt("train", help="dataset split (synthetic: train is disjoint from the eval split)")
+    limit: int | None = opt(None, help="first N problems only (null: all)")
+    seed: int = opt(0, help="synthetic set: generator seed")
+    problem_field: str | None = opt(None, help="column holding the problem text")
+    answer_field: str | None = opt(None, help="column holding the gold answer")
+    dataset_format: str | None = opt(None, help="named dataset whose column mapping a local file uses")
 
 
 @dataclass
@@ -73,51 +82,65 @@ class GenerationSection:
     #: ``auto``: TRL's vLLM on GPU, ``vllm-cpu`` on CPU (measured 2.5-5x faster than ``generate`` for
     #: the testbed, ``scripts/bench_sgrpo_backends.py``); ``transformers``; ``vllm`` (TRL colocate/server, GPU);
     #: ``vllm-cpu`` (an in-process vLLM engine of the rollout, weights reloaded every step).
-    backend: str = "auto"
-    vllm_mode: str = "colocate"
-    #: Context length of the ``vllm-cpu`` engine (default: the model's own).
-    vllm_max_model_len: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    #: Cap on the full rollout's completion tokens (thinking and answer).
-    max_completion_tokens: int = 512
+    backend: Backend = opt(
+        "auto",
+        help="rollout generator: auto (TRL's vLLM on GPU, vllm-cpu on CPU), transformers (the policy's generate), "
+        "vllm (TRL's vLLM, GPU) or vllm-cpu (an in-process vLLM engine, weights reloaded every step)",
+    )
+    vllm_mode: VllmMode = opt("colocate", help="TRL's vLLM mode with backend vllm: colocate or server")
+    vllm_max_model_len: int | None = opt(None, help="context length of the vllm-cpu engine (null: the model's own)")
+    temperature: float = opt(1.0, help="sampling temperature of the rollouts (> 0)")
+    top_p: float = opt(1.0, help="nucleus sampling of the rollouts, in (0, 1]")
+    max_completion_tokens: int = opt(512, help="cap on the full rollout's completion tokens (thinking and answer)")
 
 
 @dataclass
 class SGRPOSection:
     """Serial-group settings."""
 
-    num_exits: int = 8
-    exit_sampling: str = "random"
-    shared_prefix: str = "branches"
-    answer_inducer: str = DEFAULT_INDUCER
-    answer_max_tokens: int = 64
+    num_exits: int = opt(8, help="early exits per rollout (m); the serial group is m exits + the full rollout")
+    exit_sampling: ExitSampling = opt(
+        "random", help="where the exits cut the thinking: random (uniform positions) or even (evenly spaced)"
+    )
+    shared_prefix: SharedPrefix = opt(
+        "branches",
+        help="branches: every exit trains its copy of the shared thinking prefix (the paper); "
+        "full: the prefix is trained once, on the full rollout",
+    )
+    answer_inducer: str = opt(
+        DEFAULT_INDUCER, help="text appended at an exit to make the model answer; must contain {think_end}"
+    )
+    answer_max_tokens: int = opt(64, help="tokens generated for the answer after an exit at most")
 
 
 @dataclass
 class GRPOSection:
     """Plain GRPO baseline settings (parallel group, outcome reward)."""
 
-    num_generations: int = 8
+    num_generations: int = opt(8, help="completions per prompt (the parallel group, >= 2)")
 
 
 @dataclass
 class TrainRecipe:
     """A whole training recipe. Build it with :func:`load_recipe` or :func:`recipe_from_dict`."""
 
-    method: str = "sgrpo"
-    model: str = ""
-    output_dir: str = "runs/sgrpo"
-    threads: int | None = None
-    time_limit_minutes: float | None = None
-    final_dtype: str = "bfloat16"
-    dataset: DatasetSection = field(default_factory=DatasetSection)
-    generation: GenerationSection = field(default_factory=GenerationSection)
-    sgrpo: SGRPOSection = field(default_factory=SGRPOSection)
-    grpo: GRPOSection = field(default_factory=GRPOSection)
-    training: dict[str, Any] = field(default_factory=dict)
+    method: Method = opt("sgrpo", help="sgrpo or grpo; `reasonexit train METHOD` fills it in and must agree")
+    model: str = opt("", help="model to train: a local directory (relative to the recipe file) or a hub name")
+    output_dir: str = opt("runs/sgrpo", help="checkpoints, metrics and <output_dir>/final go here")
+    threads: int | None = opt(None, help="torch CPU threads (null: torch's default)")
+    time_limit_minutes: float | None = opt(
+        None, help="stop (and save) once training has run this long (null: no limit)"
+    )
+    final_dtype: FinalDtype = opt("bfloat16", help="dtype of the exported final model: float32, bfloat16 or float16")
+    dataset: DatasetSection = opt(default_factory=DatasetSection, help="training problems (see dataset.*)")
+    generation: GenerationSection = opt(default_factory=GenerationSection, help="rollouts (see generation.*)")
+    sgrpo: SGRPOSection = opt(default_factory=SGRPOSection, help="serial-group settings (see sgrpo.*)")
+    grpo: GRPOSection = opt(default_factory=GRPOSection, help="plain GRPO baseline settings (see grpo.*)")
+    training: dict[str, Any] = opt(
+        default_factory=dict, help="any trl.GRPOConfig field, passed through (checked against its type)"
+    )
     #: Where the recipe came from (for error messages); not a recipe key.
-    source: str = field(default="<recipe>", repr=False)
+    source: str = dataclasses.field(default="<recipe>", repr=False)
 
     @property
     def group_size(self) -> int:
@@ -125,70 +148,49 @@ class TrainRecipe:
         return self.sgrpo.num_exits + 1 if self.method == "sgrpo" else self.grpo.num_generations
 
 
-_SECTIONS = {
+_SECTIONS: dict[str, type] = {
     "dataset": DatasetSection,
     "generation": GenerationSection,
     "sgrpo": SGRPOSection,
     "grpo": GRPOSection,
 }
-
-
-def _type_ok(value: Any, annotation: str) -> bool:
-    """Check a YAML value against a field annotation written as a string (``from __future__``)."""
-    optional = "None" in annotation
-    if value is None:
-        return optional
-    base = annotation.replace("| None", "").strip()
-    if base == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if base == "float":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if base == "str":
-        return isinstance(value, str)
-    if base == "bool":
-        return isinstance(value, bool)
-    if base.startswith("dict"):
-        return isinstance(value, dict)
-    return True
+#: Fields of :class:`TrainRecipe` that are not recipe keys.
+_NOT_KEYS = ("source",)
 
 
 def _fill(cls: type, data: Any, where: str, source: str) -> Any:
+    """``cls`` from a YAML mapping, every value converted by its field's declaration."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UserError(f"{source}: '{where}' must be a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    known = {f.name: tp for f, tp in fields_of(cls, skip=_NOT_KEYS)}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         name = f"{where}.{key}" if where else key
         if key not in known:
             raise UserError(f"{source}: unknown key '{name}' (known: {', '.join(known)})")
-        f = known[key]
-        if key in _SECTIONS and cls is TrainRecipe:
+        if cls is TrainRecipe and key in _SECTIONS:
             kwargs[key] = _fill(_SECTIONS[key], value, key, source)
-            continue
-        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        if not _type_ok(value, annotation):
-            raise UserError(f"{source}: '{name}' must be {annotation}, got {value!r}")
-        if annotation.startswith("float") and isinstance(value, int):
-            value = float(value)
-        kwargs[key] = value
+        else:
+            kwargs[key] = convert(value, known[key], f"{source}: '{name}'", typed=True)
     return cls(**kwargs)
 
 
-def _check_choice(value: str, choices: tuple[str, ...], name: str, source: str) -> None:
-    if value not in choices:
-        raise UserError(f"{source}: '{name}' must be one of {', '.join(choices)}, got {value!r}")
-
-
-def _grpo_config_fields() -> set[str]:
-    return set(_grpo_config_types())
+def recipe_keys() -> list[str]:
+    """Every recipe key with its type, default and help, one line each (``reasonexit train --help-recipe``)."""
+    lines = describe(TrainRecipe, skip=(*_NOT_KEYS, *_SECTIONS, "training"), key_prefix="")
+    for section, cls in _SECTIONS.items():
+        lines.append(f"{section}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        lines += ["    " + line for line in describe(cls, key_prefix=f"{section}.")]
+    training = next(f for f, _ in fields_of(TrainRecipe) if f.name == "training")
+    lines.append(f"training: {training.metadata['help']}; see TRL's GRPOConfig documentation. Not here:")
+    lines += [f"    training.{key}: set by {owner}" for key, owner in _OWNED_TRAINING_KEYS.items()]
+    return lines
 
 
 def _grpo_config_types() -> dict[str, Any]:
-    """GRPOConfig field name -> its annotated type (resolved)."""
-    import typing
-
+    """GRPOConfig field name -> its annotated type (resolved): TRL's declaration of ``training``."""
     from trl import GRPOConfig
 
     try:
@@ -202,69 +204,23 @@ def _grpo_config_types() -> dict[str, Any]:
 _ALSO_ACCEPTED: dict[str, tuple[type, ...]] = {"scale_rewards": (bool,)}
 
 
-def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: whether a YAML value fits an annotated type, and the value to use.
-
-    A float field also takes a numeric string (PyYAML reads ``1e-6`` as a string) and an int.
-    Types it cannot judge (``Any``, classes other than the basic ones) accept the value.
-    """
-    import enum
-    import types
-    import typing
-
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            ok, v = _coerce(value, arg)
-            if ok:
-                return True, v
-        return False, value
-    if tp is type(None) or tp is None:
-        return value is None, value
-    if tp is typing.Any:
-        return True, value
-    if origin is typing.Literal:
-        return value in typing.get_args(tp), value
-    if origin in (list, tuple) or tp in (list, tuple):
-        return isinstance(value, list | tuple), value
-    if origin is dict or tp is dict:
-        return isinstance(value, dict), value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, int | float):
-            return True, float(value)
-        if isinstance(value, str):
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, value
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        return value in {m.value for m in tp} or value in tp.__members__, value
-    return True, value
-
-
-def _type_name(tp: Any) -> str:
-    name = getattr(tp, "__name__", None)
-    return name if name and not getattr(tp, "__args__", None) else str(tp).replace("typing.", "")
+def _check_types(recipe: TrainRecipe) -> None:
+    """Every section value against its declaration (a recipe may also be built in Python)."""
+    src = recipe.source
+    for owner, where, cls in [(recipe, "", TrainRecipe), *((getattr(recipe, k), k, c) for k, c in _SECTIONS.items())]:
+        for f, tp in fields_of(cls, skip=(*_NOT_KEYS, *_SECTIONS, "training")):
+            name = f"{where}.{f.name}" if where else f.name
+            setattr(owner, f.name, convert(getattr(owner, f.name), tp, f"{src}: '{name}'", typed=True))
 
 
 def validate(recipe: TrainRecipe) -> TrainRecipe:
     """Check a recipe's values and batch geometry; raise a one-line :class:`UserError` if wrong."""
     src = recipe.source
-    _check_choice(recipe.method, METHODS, "method", src)
+    _check_types(recipe)
     if not recipe.model:
         raise UserError(f"{src}: 'model' is required (a local directory or a hub name)")
     if not recipe.output_dir:
         raise UserError(f"{src}: 'output_dir' is required")
-    _check_choice(recipe.final_dtype, FINAL_DTYPES, "final_dtype", src)
     if recipe.threads is not None and recipe.threads < 1:
         raise UserError(f"{src}: 'threads' must be >= 1")
     if recipe.time_limit_minutes is not None and recipe.time_limit_minutes <= 0:
@@ -273,8 +229,6 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
     if ds.limit is not None and ds.limit < 1:
         raise UserError(f"{src}: 'dataset.limit' must be >= 1")
     gen = recipe.generation
-    _check_choice(gen.backend, BACKENDS, "generation.backend", src)
-    _check_choice(gen.vllm_mode, VLLM_MODES, "generation.vllm_mode", src)
     if gen.temperature <= 0:
         raise UserError(f"{src}: 'generation.temperature' must be > 0 (RL needs sampled rollouts)")
     if not 0 < gen.top_p <= 1:
@@ -284,8 +238,6 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
     sg = recipe.sgrpo
     if sg.num_exits < 1:
         raise UserError(f"{src}: 'sgrpo.num_exits' must be >= 1")
-    _check_choice(sg.exit_sampling, EXIT_SAMPLING, "sgrpo.exit_sampling", src)
-    _check_choice(sg.shared_prefix, SHARED_PREFIX, "sgrpo.shared_prefix", src)
     if sg.answer_max_tokens < 1:
         raise UserError(f"{src}: 'sgrpo.answer_max_tokens' must be >= 1")
     if "{think_end}" not in sg.answer_inducer:
@@ -305,10 +257,7 @@ def validate(recipe: TrainRecipe) -> TrainRecipe:
             raise UserError(f"{src}: unknown key 'training.{key}' (not a trl.GRPOConfig field)")
         if isinstance(value, _ALSO_ACCEPTED.get(key, ())):
             continue
-        ok, converted = _coerce(value, types_[key])
-        if not ok:
-            raise UserError(f"{src}: 'training.{key}' must be {_type_name(types_[key])}, got {value!r}")
-        recipe.training[key] = converted
+        recipe.training[key] = convert(value, types_[key], f"{src}: 'training.{key}'", typed=True)
     t = recipe.training
     if recipe.method == "sgrpo":
         scale = t.get("scale_rewards", "none")
