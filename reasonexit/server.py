@@ -66,6 +66,11 @@ class ServeOptions:
     method: str = opt("vanilla", help="default method of requests that name none (`reasonexit methods` lists them)")
     served_model_name: str | None = opt(None, help="model name in /v1/models and responses (default: --model)")
     max_n: int = opt(16, help="largest n (choices per request) accepted")
+    stream_interval: float = opt(
+        0.05,
+        help="seconds at least between a stream's chunks after its first (tokens final meanwhile go in one "
+        "chunk; 0: a chunk per engine step)",
+    )
 
 
 class ApiError(Exception):
@@ -190,6 +195,7 @@ def create_app(
     api_key: str | None = None,
     served_model_name: str | None = None,
     max_n: int = 16,
+    stream_interval: float = 0.05,
 ) -> Any:
     """The FastAPI app serving ``session``; ``method``/``method_options``/``decoding`` are the defaults.
 
@@ -366,7 +372,7 @@ def create_app(
         if call.stream:
             return StreamingResponse(
                 _sse(call, rid, created, chat, session, lambda sinks: run_watching(call, rid, request, sinks),
-                     lambda res: record(endpoint, call, res, start)),
+                     lambda res: record(endpoint, call, res, start), stream_interval),
                 media_type="text/event-stream",
             )
         metrics.in_flight.inc()
@@ -631,11 +637,14 @@ class _ChoiceText:
 
 
 async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineSession, run: Any,
-               record: Any) -> AsyncIterator[str]:
+               record: Any, interval: float = 0.0) -> AsyncIterator[str]:
     """Server-sent events of a streaming call.
 
     Every choice gets a token sink (:attr:`~reasonexit.methods.base.Context.token_sink`): its
-    controller hands over tokens once they are final, and they are sent as they arrive. ``run``
+    controller hands over tokens once they are final. The first are sent at once; after that,
+    chunks go out at least ``interval`` seconds apart, each with all that became final meanwhile
+    (on 2 CPU cores, one SSE chunk per engine step per client costs the server a large share of
+    the CPU the engine needs; vLLM's own server has ``--stream-interval`` for the same reason). ``run``
     watches the connection while the controllers run: if the client disconnects, they are
     cancelled, which aborts every engine request of the call.
     """
@@ -670,8 +679,13 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
 
     task = asyncio.ensure_future(run([sink(i) for i in range(total)]))
     getter: asyncio.Future[Any] | None = None
+    last = None  # when the last text chunk went out
     try:
         while True:
+            if last is not None and interval > 0:
+                wait = last + interval - loop.time()
+                if wait > 0:
+                    await asyncio.wait({task}, timeout=wait)  # wakes early when the call ends
             getter = asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
@@ -687,6 +701,7 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
                 pieces = texts[i].feed(ids)
                 if pieces:
                     yield chunk([delta(i, name, text) for name, text in pieces])
+                    last = loop.time()
         results = task.result()  # raises the call's ApiError, if any
     except ApiError as err:
         if err.status == 499:
@@ -729,6 +744,7 @@ def serve(
         api_key=options.api_key,
         served_model_name=options.served_model_name,
         max_n=options.max_n,
+        stream_interval=options.stream_interval,
     )
     session.start()
     # Served on the engine's own loop: HTTP handling, controllers and token streams share one

@@ -5,7 +5,7 @@
 
 One engine session serves both paths: the server (``reasonexit.server.create_app`` under uvicorn
 on the engine's loop, as ``reasonexit serve`` runs it, on a loopback port; ``--server-loop
-thread`` gives it a loop and thread of its own) is driven by streaming ``httpx`` clients (to time
+thread`` gives it a loop and thread of its own) is driven by streaming ``aiohttp`` clients (to time
 the first token) from a process of their own, as real clients are (in the server's process they
 would compete with the server and the engine loop for the interpreter), and the in-process path runs the same
 controller on the engine loop (``reasonexit.runner.solve_job``, what ``reasonexit.agenerate`` runs
@@ -60,23 +60,23 @@ async def _drive(n: int, clients: int, one) -> tuple[float, list[tuple[float, fl
 
 
 #: A chunk carrying text (thinking or answer), not the empty role chunk.
-_TEXT = re.compile(r'"(?:reasoning_content|content|text)": "[^"]')
+_TEXT = re.compile(rb'"(?:reasoning_content|content|text)": "[^"]')
 
 
 def _client_process(port: int, prompts: list[str], method: str, clients: int, max_tokens: int) -> tuple:
-    """The server path's load: streaming chat requests from ``httpx`` in a process of its own (as
-    real clients are: in this process it would compete with the server and the engine loop for the
-    interpreter). On 2 cores the load generator's own CPU time is taken from the server, so it
-    reads the event stream as cheaply as vLLM's serving benchmark does: lines are scanned, and only
-    the first text chunk and the usage chunk are parsed. (The ``openai`` client, which builds a
-    pydantic object per chunk, is what tests/test_serve.py uses.) Returns (wall, rows) of the timed
-    pass, after a warm-up round."""
-    import httpx
+    """The server path's load: streaming chat requests from ``aiohttp`` (vLLM's own dependency,
+    and what its serving benchmark uses) in a process of its own, as real clients are (in this
+    process they would compete with the server and the engine loop for the interpreter). On 2
+    cores the load generator's CPU time is taken from the server and the engine, so it reads the
+    event stream cheaply: lines are scanned, and only the usage chunk is parsed. (The ``openai``
+    client, which builds a pydantic object per chunk, is what tests/test_serve.py uses.) Returns
+    (wall, rows) of the timed pass, after a warm-up round."""
+    import aiohttp
 
     async def run() -> tuple:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-        async with httpx.AsyncClient(timeout=3600, limits=limits) as client:
+        connector = aiohttp.TCPConnector(limit=clients)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=3600)) as client:
 
             async def via_server(i: int) -> tuple[float, float | None, int]:
                 start = time.perf_counter()
@@ -87,15 +87,15 @@ def _client_process(port: int, prompts: list[str], method: str, clients: int, ma
                     "max_tokens": max_tokens, "seed": i, "stream": True,
                     "stream_options": {"include_usage": True}, "reasonexit": {"method": method},
                 }  # fmt: skip
-                async with client.stream("POST", url, json=body) as resp:
+                async with client.post(url, json=body) as resp:
                     resp.raise_for_status()
-                    async for line in resp.aiter_lines():
-                        if not line.startswith("data: {"):
+                    async for raw in resp.content:  # one SSE line at a time
+                        if not raw.startswith(b"data: {"):
                             continue
-                        if first is None and _TEXT.search(line):
+                        if first is None and _TEXT.search(raw):
                             first = time.perf_counter() - start
-                        if '"usage": {' in line:
-                            usage = json.loads(line[6:]).get("usage")
+                        if b'"usage": {' in raw:
+                            usage = json.loads(raw[6:]).get("usage")
                             if usage:
                                 tokens = usage["completion_tokens"]
                 return time.perf_counter() - start, first, tokens
@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--methods", default="vanilla,deer")
     ap.add_argument("--model", default=None, help="model (default: the bundled tiny reasoner)")
+    ap.add_argument("--stream-interval", type=float, default=0.05, help="the server's --stream-interval (seconds)")
     ap.add_argument(
         "--server-loop",
         choices=("engine", "thread"),
@@ -147,7 +148,12 @@ def main() -> None:
     session.start()
     prompts = [format_prompt(p["problem"]) for p in generate_problems(args.requests, split="test", seed=2026)]
 
-    app = create_app(session, decoding=Decoding(max_tokens=args.max_tokens), served_model_name="bench")
+    app = create_app(
+        session,
+        decoding=Decoding(max_tokens=args.max_tokens),
+        served_model_name="bench",
+        stream_interval=args.stream_interval,
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -200,6 +206,7 @@ def main() -> None:
 
     print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, "
           f"model {os.path.basename(config.model)}, server loop {args.server_loop}, "
+          f"stream interval {args.stream_interval:g} s, "
           f"load average before {os.getloadavg()[0]:.2f}")
     print("| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
           "| p95 TTFT s |")
