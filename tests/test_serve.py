@@ -93,6 +93,40 @@ def test_chat_matches_in_process_api(session, client, method, opts):
     assert resp.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("budget", {"max_thinking_tokens": 24}),
+        ("flashthink", {"verifier": "self", "threshold": 0.5, "mode": "sequential"}),
+        ("majority", {"n": 2}),
+    ],
+)
+def test_every_method_streamed_or_not_matches_in_process_api(session, client, method, opts, stream):
+    """The methods not covered above, through the server with and without streaming."""
+    ref = _reference(session, PROMPTS[2], method, seed=4, **opts)
+    kwargs = dict(
+        model="tiny", messages=[{"role": "user", "content": PROMPTS[2]}], max_tokens=MAX, seed=4,
+        extra_body={"reasonexit": {"method": method, **opts}},
+    )  # fmt: skip
+    if stream:
+        thinking, answer, usage = "", "", None
+        for chunk in client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}):
+            usage = chunk.usage or usage
+            for c in chunk.choices:
+                thinking += (c.delta.model_extra or {}).get("reasoning_content") or ""
+                answer += c.delta.content or ""
+    else:
+        resp = client.chat.completions.create(**kwargs)
+        msg, usage = resp.choices[0].message, resp.usage
+        thinking, answer = msg.model_extra["reasoning_content"] or "", msg.content
+    assert (thinking, answer) == (ref.thinking, ref.answer_text)
+    assert usage.completion_tokens == ref.output_tokens
+    assert usage.model_extra["exit_reason"] == ref.exit_reason
+    if method != "flashthink":  # the verifier's timing does not enter budget's or majority's count
+        assert usage.model_extra["compute_tokens"] == ref.compute_tokens
+
+
 def test_completions_with_token_ids_and_n(session, client):
     ids = session.chat_prompt_ids(PROMPTS[1])
     resp = client.completions.create(model="tiny", prompt=ids, max_tokens=MAX, n=2, temperature=0.8, seed=5)
