@@ -33,7 +33,7 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
     """
     from .engine import EngineConfig
     from .eval_options import EvalOptions
-    from .methods.base import Decoding, method_class
+    from .methods.base import Decoding
     from .options import add_arguments
 
     p = sub.add_parser(
@@ -51,17 +51,25 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
     add_arguments(p.add_argument_group("decoding"), Decoding)
     # the engine's seed is the decoding seed (--seed)
     add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    _add_method_groups(p, method_help)
+    return p
+
+
+def _add_method_groups(p: argparse.ArgumentParser, method_help: tuple[str, ...]) -> None:
+    """One argument group per named method with its options (``--method NAME --help``)."""
+    from .methods.base import method_class
+    from .options import add_arguments
+
     for name in method_help:
         cls = method_class(name)
         group = p.add_argument_group(f"method {name} ({(cls.__doc__ or '').strip().splitlines()[0]})")
         add_arguments(group, cls.Params, dest_prefix=f"method.{name}.")
-    return p
 
 
 def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The ``serve`` parser: server flags, then the decoding and engine flags of ``eval``."""
     from .engine import EngineConfig
-    from .methods.base import Decoding, method_class
+    from .methods.base import Decoding
     from .options import add_arguments
     from .server import ServeOptions
 
@@ -79,10 +87,7 @@ def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] 
     add_arguments(p.add_argument_group("decoding defaults"), Decoding)
     add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
     p.add_argument("--quiet", nargs="?", const="true", default="false", help=argparse.SUPPRESS)
-    for name in method_help:
-        cls = method_class(name)
-        group = p.add_argument_group(f"method {name} ({(cls.__doc__ or '').strip().splitlines()[0]})")
-        add_arguments(group, cls.Params, dest_prefix=f"method.{name}.")
+    _add_method_groups(p, method_help)
     return p
 
 

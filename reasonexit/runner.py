@@ -13,15 +13,17 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .engine import EngineSession, Usage
 from .errors import ProblemFailed, UserError, is_engine_dead, one_line
 from .methods.base import Context, Decoding, Method
 from .results import Result, abuild_result, error_result
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +162,19 @@ async def solve_all(
 
     if jobs:
         await method.prepare(session)
-    tasks = [asyncio.ensure_future(one(i, job)) for i, job in enumerate(jobs)]
+    return await gather_or_cancel(one(i, job) for i, job in enumerate(jobs))
+
+
+async def gather_or_cancel(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coroutines concurrently and return their results in order. When this is cancelled, or
+    one of them raises, the others are cancelled and awaited until they have unwound (their engine
+    requests aborted on the way out), so nothing of them runs, or writes a row, after this returns."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
     try:
         return list(await asyncio.gather(*tasks))
     finally:
         for t in tasks:
             t.cancel()
-        # Wait for the cancelled problems to finish unwinding (their requests are aborted on the
-        # way out), so that no row is written after this returns.
         await asyncio.gather(*tasks, return_exceptions=True)
 
 

@@ -33,6 +33,7 @@ vLLM's ``include_stop_str_in_output``), and ``finish_reason`` is ``stop``. ``log
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -47,7 +48,7 @@ from .errors import UserError, is_engine_dead, one_line
 from .methods.base import Decoding, Method, make_method
 from .options import opt
 from .results import Result
-from .runner import Job, solve_job
+from .runner import Job, gather_or_cancel, solve_job
 from .thinking import ThinkingTracker
 
 log = logging.getLogger(__name__)
@@ -303,19 +304,12 @@ def create_app(
 
         async def all_choices() -> list[Result]:
             await call.method.prepare(session)  # e.g. a verifier engine, before any trace decodes
-            coros = [
+            return await gather_or_cancel(
                 solve_job(session, call.method, Job(id=f"{request_id}.{p}", prompt_ids=ids), call.decoding, j,
                           sinks[p * call.n + j] if sinks is not None else None, call.stop)
                 for p, ids in enumerate(call.prompts)
                 for j in range(call.n)
-            ]
-            tasks = [asyncio.ensure_future(c) for c in coros]
-            try:
-                return list(await asyncio.gather(*tasks))
-            finally:
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            )
 
         try:
             return await session.arun(all_choices())
@@ -753,27 +747,33 @@ def serve(
     session.run(server.serve())
 
 
-def start_server(app: Any, session: EngineSession, host: str = "127.0.0.1", port: int = 8000) -> Any:
+@dataclass
+class RunningServer:
+    """A server started by :func:`start_server`: the ``uvicorn.Server`` and its run on the engine loop."""
+
+    server: Any
+    future: concurrent.futures.Future[Any]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving and wait (at most ``timeout`` seconds) for the server to finish."""
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            self.future.result(timeout=timeout)
+
+
+def start_server(app: Any, session: EngineSession, host: str = "127.0.0.1", port: int = 8000) -> RunningServer:
     """Serve ``app`` with uvicorn on the session's engine loop in the background (as ``serve`` does);
-    returns the ``uvicorn.Server`` once it listens. Stop it with :func:`stop_server`."""
+    returns once it listens."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-    server.reasonexit_future = session.submit(server.serve())  # type: ignore[attr-defined]
+    future = session.submit(server.serve())
     deadline = time.monotonic() + 30
     while not server.started:
-        fut = server.reasonexit_future  # type: ignore[attr-defined]
-        if fut.done():
-            fut.result()  # raises why it could not start
+        if future.done():
+            future.result()  # raises why it could not start
             raise RuntimeError("the server stopped before it started")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the server did not start listening on {host}:{port} within 30 s")
         time.sleep(0.02)
-    return server
-
-
-def stop_server(server: Any, timeout: float = 10.0) -> None:
-    """Stop a server started by :func:`start_server` and wait for it to finish."""
-    server.should_exit = True
-    with contextlib.suppress(Exception):
-        server.reasonexit_future.result(timeout=timeout)
+    return RunningServer(server, future)

@@ -125,7 +125,7 @@ def main() -> None:
     from reasonexit.methods.base import Decoding, make_method
     from reasonexit.prompts import format_prompt
     from reasonexit.runner import Job, solve_job
-    from reasonexit.server import create_app, start_server, stop_server
+    from reasonexit.server import create_app, start_server
     from reasonexit.synthetic import generate_problems
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -223,7 +223,7 @@ def main() -> None:
         print(f"deer p50 latency through the server {d:.2f} s vs vanilla {v:.2f} s: "
               f"{'lower' if d < v else 'NOT lower'}")
     if args.server_loop == "engine":
-        stop_server(server)
+        server.stop()
     else:
         server.should_exit = True
         thread.join(timeout=10)

@@ -15,7 +15,7 @@ import uvicorn
 from reasonexit import generate
 from reasonexit.methods.base import Decoding
 from reasonexit.prompts import format_prompt
-from reasonexit.server import create_app, start_server, stop_server
+from reasonexit.server import create_app, start_server
 from reasonexit.synthetic import generate_problems
 
 KEY = "test-key"
@@ -37,7 +37,7 @@ def server(session):
     port = _free_port()
     srv = start_server(app, session, port=port)
     yield f"http://127.0.0.1:{port}"
-    stop_server(srv)
+    srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -453,7 +453,11 @@ class FlashThink(EarlyExitMethod):
         while the verifier runs (see :func:`~reasonexit.methods.early_exit.resolve_mode`).
         """
         p = self.params
-        kind = p.verifier if session is None else self.verifier_kind(session)
+        if session is None:
+            kind = p.verifier
+        else:  # the built verifier says its kind (no file lookups per problem once ``prepare`` ran)
+            built = self._verifiers.get(id(session))
+            kind = built.kind if built is not None else self.verifier_kind(session)
         return ExitLimits(
             max_checks=p.max_checks,
             budget_ratio=p.budget_ratio,
