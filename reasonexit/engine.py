@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import weakref
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -123,7 +124,8 @@ class EngineConfig:
     cpu_cores: str | None = opt(
         None,
         help="CPU only: cores the engine's model threads bind to, as vLLM's VLLM_CPU_OMP_THREADS_BIND "
-        "(e.g. 0-3, or nobind); default: that variable, else vLLM's choice (all cores but one)",
+        "(e.g. 0-3, or nobind); default: that variable, else on a machine of at most 2 cores all of them "
+        "(unless a second engine, a FlashThink verifier, needs one), else vLLM's choice (all cores but one)",
     )
     think_start: str | None = opt(None, help="thinking start marker (overrides detection)")
     think_end: str | None = opt(None, help="thinking end marker (overrides detection)")
@@ -207,6 +209,8 @@ class EngineSession:
         self.runner: str | None = None
         #: Per-step rules registered on the running engine.
         self.step_rules: frozenset[str] = frozenset()
+        #: The CPU cores the engine's model threads were bound to (``None``: vLLM's own choice, or GPU).
+        self.cpu_binding: str | None = None
         #: Context length; read from the model config until the engine, which has the last word, starts.
         self.max_model_len: int = self.config.max_model_len or _config_context_length(self.config)
         self._engine: Any = None
@@ -262,6 +266,8 @@ class EngineSession:
                 self._watchdog_say("end")
             self.max_model_len = int(engine.model_config.max_model_len)
             self._engine = engine
+            if not _cuda_available():
+                _RUNNING_CPU_ENGINES.add(self)
 
     def has_rule(self, name: str) -> bool:
         """True when the running engine has per-step rule ``name`` registered."""
@@ -373,10 +379,11 @@ class EngineSession:
         # vLLM's CPU backend takes the KV size from the environment while building the config, and
         # the engine processes take the thread binding from the environment they are spawned with.
         env = {} if on_gpu else {"VLLM_CPU_KVCACHE_SPACE": cpu_kv_cache_space(cfg.kv_cache_gib)}
-        if not on_gpu and cfg.cpu_cores is not None:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = cfg.cpu_cores
         try:
             with _engine_env(env):
+                binding = None if on_gpu else cpu_binding(cfg)
+                if binding is not None:
+                    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding  # restored by _engine_env
                 vllm_config = engine_args.create_engine_config()
                 # The runner decides which logits-processor interface the engine loads: register only
                 # the adapters for that runner, and only the rules something in this process needs.
@@ -390,6 +397,7 @@ class EngineSession:
             raise EngineStartError.from_exception(exc) from None
         self.runner = "v2" if v2 else "v1"
         self.step_rules = frozenset(rules)
+        self.cpu_binding = binding
         try:
             return engine
         finally:
@@ -434,6 +442,7 @@ class EngineSession:
             # the engine processes.
             return
         engine, self._engine = self._engine, None
+        _RUNNING_CPU_ENGINES.discard(self)
         # Cancel what still runs on our loop (vLLM's output handler, interrupted controllers) and
         # stop the loop before the engine core goes: the output handler then cannot report the
         # core's exit as a crash, and no pending task is left to be destroyed noisily at exit.
@@ -729,7 +738,8 @@ def _engine_env(values: dict[str, str]) -> Any:
     taken as the user's setting by the next one.
     """
     with _SPAWN_LOCK:
-        old = {k: os.environ.get(k) for k in values}
+        # The binding is also saved: the start may set it (see cpu_binding) under this lock.
+        old = {k: os.environ.get(k) for k in {*values, "VLLM_CPU_OMP_THREADS_BIND"}}
         os.environ.update(values)
         try:
             yield
@@ -741,21 +751,64 @@ def _engine_env(values: dict[str, str]) -> Any:
                     os.environ[k] = v
 
 
-def spare_cpu_core() -> str | None:
+#: On a machine of at most this many cores, a lone CPU engine binds its model threads to all of them.
+SMALL_MACHINE_CORES = 2
+
+#: CPU engines running in this process (their sessions).
+_RUNNING_CPU_ENGINES: weakref.WeakSet[EngineSession] = weakref.WeakSet()
+#: Set when a method built in this process will start a second CPU engine beside the main one.
+_SPARE_CORE_WANTED = False
+
+
+def reserve_spare_core() -> None:
+    """Note that a method built in this process will start a second CPU engine (a FlashThink
+    verifier): engines started from now on leave vLLM's spare core free for it (see
+    :func:`cpu_binding`), as ``step_rules.require`` notes the rules engines started later register."""
+    global _SPARE_CORE_WANTED
+    _SPARE_CORE_WANTED = True
+
+
+def _allowed_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
+
+
+def cpu_binding(config: EngineConfig) -> str | None:
+    """The cores a CPU engine's model threads bind to (``VLLM_CPU_OMP_THREADS_BIND``), or ``None``
+    to leave the choice to vLLM (or to the variable, when the user set it).
+
+    vLLM keeps one core per worker for its scheduler processes and binds the model threads to the
+    rest. On a 2-core machine that leaves the model one core: the main job's 300 problems took
+    24.9-27.8 s per pass there, and 20.9-25.0 s with the threads on both cores (scheduler and
+    threads then share one). So a lone engine on a machine of at most :data:`SMALL_MACHINE_CORES`
+    cores takes them all, unless another CPU engine runs in this process or a method built here
+    will start one (:func:`reserve_spare_core`).
+    """
+    if config.cpu_cores is not None:
+        return config.cpu_cores
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or _SPARE_CORE_WANTED or len(_RUNNING_CPU_ENGINES):
+        return None
+    if config.tensor_parallel_size * config.data_parallel_size != 1:
+        return None
+    cores = _allowed_cores()
+    return ",".join(map(str, cores)) if 1 < len(cores) <= SMALL_MACHINE_CORES else None
+
+
+def spare_cpu_core(main: EngineSession | None = None) -> str | None:
     """The core vLLM's default CPU binding leaves free (the last allowed one), as a binding string.
 
     On CPU, vLLM binds a worker's threads to all cores of its NUMA node but the last, which it
     keeps for the scheduler processes. A second, small engine (a FlashThink verifier) bound there
     runs beside the first instead of sharing its cores: on the 2-core testbed, FlashThink with the
     trained verifier took 4.4-4.9 s per 128 problems instead of 5.9-6.7 s. ``None`` when the user
-    set ``VLLM_CPU_OMP_THREADS_BIND`` or the machine has a single core.
+    set ``VLLM_CPU_OMP_THREADS_BIND``, when the ``main`` engine was bound to cores of its own
+    choosing (:func:`cpu_binding`), or when the machine has a single core.
     """
-    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ:
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or (main is not None and main.cpu_binding is not None):
         return None
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
+    cores = _allowed_cores()
     return str(cores[-1]) if len(cores) > 1 else None
 
 

@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session  # noqa: E402
+from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session, reserve_spare_core  # noqa: E402
 
 #: The model under test: the bundled testbed unless REASONEXIT_TEST_MODEL names another.
 TEST_MODEL = os.environ.get("REASONEXIT_TEST_MODEL", DEFAULT_MODEL)
@@ -25,6 +25,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks
 @pytest.fixture(scope="session")
 def session():
     """The process-wide engine session, started once."""
+    # Started before any FlashThink is built: leave vLLM's spare core free for its verifier engine,
+    # as a FlashThink run does (see reasonexit.engine.cpu_binding).
+    reserve_spare_core()
     s = get_session(TEST_ENGINE)
     s.start()
     yield s

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 
 import pytest
 
 from reasonexit import generate
-from reasonexit.engine import Usage
+from reasonexit.engine import EngineConfig, Usage
 from reasonexit.methods.base import Decoding
 from reasonexit.prompts import format_prompt
 from reasonexit.runner import Job, solve_all
@@ -132,3 +133,37 @@ def test_prompt_longer_than_context_is_a_user_error(session):
 
     with pytest.raises(UserError, match="longer than the model context"):
         generate(["word " * 5000], "vanilla", session=session)
+
+
+def test_cpu_binding_takes_every_core_of_a_small_machine_only_for_a_lone_engine(monkeypatch):
+    """The rule behind a lone CPU engine's thread binding, on pretend machines."""
+    import reasonexit.engine as eng
+
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
+    monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)
+    monkeypatch.setattr(eng, "_RUNNING_CPU_ENGINES", weakref.WeakSet())
+    cfg = EngineConfig()
+    monkeypatch.setattr(eng, "_allowed_cores", lambda: [0, 1])
+    assert eng.cpu_binding(cfg) == "0,1"
+    assert eng.cpu_binding(EngineConfig(cpu_cores="1")) == "1"  # the user's choice wins
+    assert eng.cpu_binding(EngineConfig(tensor_parallel_size=2)) is None  # vLLM binds each rank
+    monkeypatch.setattr(eng, "_allowed_cores", lambda: [0, 1, 2, 3])
+    assert eng.cpu_binding(cfg) is None  # vLLM's own choice: all cores but one
+    monkeypatch.setattr(eng, "_allowed_cores", lambda: [3])
+    assert eng.cpu_binding(cfg) is None
+    monkeypatch.setattr(eng, "_allowed_cores", lambda: [2, 5])
+    assert eng.cpu_binding(cfg) == "2,5"
+
+    class Running:  # another CPU engine in this process
+        pass
+
+    other = Running()
+    eng._RUNNING_CPU_ENGINES.add(other)
+    assert eng.cpu_binding(cfg) is None
+    eng._RUNNING_CPU_ENGINES.discard(other)
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
+    assert eng.cpu_binding(cfg) is None  # the user's variable stands
+    monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")
+    eng.reserve_spare_core()  # a FlashThink verifier engine will need a core
+    assert eng.cpu_binding(cfg) is None
+    assert eng.spare_cpu_core() == "5"

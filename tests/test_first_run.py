@@ -13,7 +13,7 @@ from pathlib import Path
 from conftest import CLI_ENGINE_ARGS
 
 from reasonexit.cli import main
-from reasonexit.engine import EngineConfig
+from reasonexit.engine import SMALL_MACHINE_CORES, EngineConfig
 from reasonexit.eval_options import EvalOptions
 from reasonexit.methods import method_class, method_names
 from reasonexit.methods.base import Decoding
@@ -168,6 +168,7 @@ def test_engine_processes_skip_the_final_garbage_collection():
 
 ENGINE_RELEASED = """
 import gc
+import os
 import sys
 
 from reasonexit.engine import EngineConfig, EngineSession
@@ -176,6 +177,12 @@ if __name__ == "__main__":
     assert "vllm.engine.arg_utils" not in sys.modules  # vLLM's first import happens in the engine start
     session = EngineSession(EngineConfig())
     session.start()
+    import psutil
+
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name() == "VLLM::Worker"]
+    # the model threads: vLLM binds each of the worker's OpenMP threads to one core of the binding
+    cores = {c for p in workers for t in p.threads() for c in os.sched_getaffinity(t.id)}
+    print("worker cores:", sorted(cores), "binding:", session.cpu_binding)
     session.close()
     gc.collect()
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -193,4 +200,8 @@ def test_closed_engine_is_released_and_exit_is_silent(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().endswith("live engines: 0"), proc.stdout
+    # A lone engine on a small machine binds its model threads to every core (see engine.cpu_binding).
+    cores = sorted(os.sched_getaffinity(0))
+    if 1 < len(cores) <= SMALL_MACHINE_CORES and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        assert f"worker cores: {cores} binding: {','.join(map(str, cores))}" in proc.stdout, proc.stdout
     assert "Exception ignored" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]

@@ -85,7 +85,7 @@ def test_verifier_engine_runs_beside_the_main_engine(session):
     method = make_method("flashthink")
     generate(PROMPTS[:1], method, session=session, max_tokens=MAX)
     verifier = method._verifiers[id(session)]
-    assert verifier.session is not session and verifier.session.config.cpu_cores == spare_cpu_core()
+    assert verifier.session is not session and verifier.session.config.cpu_cores == spare_cpu_core(session)
     bound = set()
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):

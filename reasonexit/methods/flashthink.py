@@ -53,7 +53,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..engine import DEFAULT_MODEL, EngineConfig, EngineSession, Usage, get_session, spare_cpu_core
+from ..engine import (
+    DEFAULT_MODEL,
+    EngineConfig,
+    EngineSession,
+    Usage,
+    get_session,
+    reserve_spare_core,
+    spare_cpu_core,
+)
 from ..errors import UserError
 from .base import Context, register
 from .early_exit import EarlyExitMethod, ExitLimits, Mode, Verdict, validate_limits
@@ -438,6 +446,8 @@ class FlashThink(EarlyExitMethod):
         self._chunks: dict[int, _Chunks] = {}
         self._verifiers: dict[int, Verifier] = {}
         self._lock: asyncio.Lock | None = None
+        if self.params.verifier in ("auto", "model", "trained"):
+            reserve_spare_core()  # a verifier engine may start: main engines started later leave it a core
 
     def hooks(self, ctx: Context) -> _FlashThinkHooks:
         """Chunk delimiters as the boundary, the verifier as the judge."""
@@ -521,7 +531,7 @@ class FlashThink(EarlyExitMethod):
             seed=cfg.seed,
             max_num_seqs=cfg.max_num_seqs,
             trust_remote_code=cfg.trust_remote_code,
-            cpu_cores=p.verifier_cpu_cores or (spare_cpu_core() if cfg.cpu_cores is None else None),
+            cpu_cores=p.verifier_cpu_cores or spare_cpu_core(main),
             no_thinking=True,
         )
         loop = asyncio.get_running_loop()
