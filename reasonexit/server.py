@@ -33,6 +33,7 @@ vLLM's ``include_stop_str_in_output``), and ``finish_reason`` is ``stop``. ``log
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -68,7 +69,7 @@ class ServeOptions:
     served_model_name: str | None = opt(None, help="model name in /v1/models and responses (default: --model)")
     max_n: int = opt(16, help="largest n (choices per request) accepted")
     stream_interval: float = opt(
-        0.05,
+        0.1,
         help="seconds at least between a stream's chunks after its first (tokens final meanwhile go in one "
         "chunk; 0: a chunk per engine step)",
     )
@@ -196,7 +197,7 @@ def create_app(
     api_key: str | None = None,
     served_model_name: str | None = None,
     max_n: int = 16,
-    stream_interval: float = 0.05,
+    stream_interval: float = 0.1,
 ) -> Any:
     """The FastAPI app serving ``session``; ``method``/``method_options``/``decoding`` are the defaults.
 
@@ -209,6 +210,10 @@ def create_app(
 
     default_options = dict(method_options or {})
     default_method = make_method(method, default_options)
+    # Methods that requests asked for, by name and options: built once, as a run builds one method
+    # for all its problems (a method keeps per-engine set-up such as DEER's tokenized transition
+    # phrases, which cost a fifth of the server's time when rebuilt per request).
+    methods: collections.OrderedDict[str, Method] = collections.OrderedDict()
     default_method.check_model(session.markers.has_thinking)
     defaults = decoding or Decoding()
     model_name = served_model_name or session.config.model
@@ -287,7 +292,8 @@ def create_app(
         return _Call(
             prompts=prompts,
             decoding=dec,
-            method=_request_method(body.get("reasonexit"), method, default_options, default_method, session),
+            method=_request_method(body.get("reasonexit"), method, default_options, default_method, session,
+                                   methods),
             n=n,
             stream=stream,
             include_usage=bool(stream_options.get("include_usage")),
@@ -399,12 +405,22 @@ def _check_decoding(dec: Decoding) -> None:
         raise ApiError(400, text, param) from None
 
 
+#: Distinct request methods (name and options) a server keeps built.
+_METHOD_CACHE_SIZE = 64
+
+
 def _request_method(
-    extra: Any, default_name: str, default_options: dict[str, Any], default_method: Method, session: EngineSession
+    extra: Any,
+    default_name: str,
+    default_options: dict[str, Any],
+    default_method: Method,
+    session: EngineSession,
+    cache: collections.OrderedDict[str, Method] | None = None,
 ) -> Method:
     """The method of a request: the server's unless ``"reasonexit": {"method": ..., options...}`` says
     otherwise. Options given for the server's own method are merged over the server's options; another
-    method starts from its own defaults."""
+    method starts from its own defaults. Built methods are kept in ``cache`` (least recently used
+    out first) by name and options."""
     if extra is None:
         return default_method
     if not isinstance(extra, dict):
@@ -417,6 +433,10 @@ def _request_method(
     if name == default_name and not options:
         return default_method
     base = default_options if name == default_name else {}
+    key = json.dumps([name, {**base, **options}], sort_keys=True, default=repr)
+    if cache is not None and key in cache:
+        cache.move_to_end(key)
+        return cache[key]
     try:
         meth = make_method(name, {**base, **options})
         meth.check_model(session.markers.has_thinking)
@@ -431,6 +451,10 @@ def _request_method(
                 param = f"reasonexit.{key}"
                 break
         raise ApiError(400, text, param) from None
+    if cache is not None:
+        cache[key] = meth
+        while len(cache) > _METHOD_CACHE_SIZE:
+            cache.popitem(last=False)
     return meth
 
 
@@ -711,13 +735,14 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
             with contextlib.suppress(BaseException):
                 await task
     record(results)
+    tail = []  # the closing events go out in one write (each write is a send on the socket)
     for i, r in enumerate(results):
-        for name, text in texts[i].finish(r):
-            yield chunk([delta(i, name, text)])
-        yield chunk([delta(i, "", "", _finish_reason(r, session, call.stop))])
+        tail.extend(chunk([delta(i, name, text)]) for name, text in texts[i].finish(r))
+        tail.append(chunk([delta(i, "", "", _finish_reason(r, session, call.stop))]))
     if call.include_usage:
-        yield chunk([], _usage(call, results))
-    yield "data: [DONE]\n\n"
+        tail.append(chunk([], _usage(call, results)))
+    tail.append("data: [DONE]\n\n")
+    yield "".join(tail)
 
 
 def serve(

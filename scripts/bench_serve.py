@@ -12,7 +12,9 @@ controller on the engine loop (``reasonexit.runner.solve_job``, what ``reasonexi
 per prompt) with a token sink, which times the first final token the same way the server streams
 it. Each path keeps ``--clients`` requests in flight until ``--requests`` have finished; request
 ``i`` uses seed ``i`` on both paths, so both do the same work. Each path is warmed up with one
-round of ``--clients`` requests first (not timed).
+round of ``--clients`` requests first (not timed). The two paths then alternate for ``--rounds``
+timed passes each, and each path's figures pool its passes (on a shared 2-core machine one pass
+of either path varied by a fifth from one minute to the next).
 
 Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to first token
 (TTFT: the first thinking or answer text for the server, the first final token in process); then
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import multiprocessing
 import os
@@ -63,14 +66,14 @@ async def _drive(n: int, clients: int, one) -> tuple[float, list[tuple[float, fl
 _TEXT = re.compile(rb'"(?:reasoning_content|content|text)": "[^"]')
 
 
-def _client_process(port: int, prompts: list[str], method: str, clients: int, max_tokens: int) -> tuple:
+def _client_process(port: int, prompts: list[str], method: str, clients: int, max_tokens: int, warm: bool) -> tuple:
     """The server path's load: streaming chat requests from ``aiohttp`` (vLLM's own dependency,
     and what its serving benchmark uses) in a process of its own, as real clients are (in this
     process they would compete with the server and the engine loop for the interpreter). On 2
     cores the load generator's CPU time is taken from the server and the engine, so it reads the
     event stream cheaply: lines are scanned, and only the usage chunk is parsed. (The ``openai``
     client, which builds a pydantic object per chunk, is what tests/test_serve.py uses.) Returns
-    (wall, rows) of the timed pass, after a warm-up round."""
+    (wall, rows) of the timed pass, after a warm-up round when ``warm``."""
     import aiohttp
 
     async def run() -> tuple:
@@ -100,10 +103,33 @@ def _client_process(port: int, prompts: list[str], method: str, clients: int, ma
                                 tokens = usage["completion_tokens"]
                 return time.perf_counter() - start, first, tokens
 
-            await _drive(min(clients, len(prompts)), clients, via_server)  # warm-up, not timed
-            return await _drive(len(prompts), clients, via_server)
+            if warm:
+                await _drive(min(clients, len(prompts)), clients, via_server)  # warm-up, not timed
+            cpu = _cpu_s(os.getpid())
+            wall, rows = await _drive(len(prompts), clients, via_server)
+            return wall, rows, _cpu_s(os.getpid()) - cpu
 
     return asyncio.run(run())
+
+
+def _cpu_s(pid: int) -> float:
+    """User plus system CPU seconds of a process so far."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+def _engine_cpu() -> dict[str, float]:
+    """CPU seconds so far of this process and of the engine processes, by process name."""
+    import psutil
+
+    out = {"server process": _cpu_s(os.getpid())}
+    for proc in psutil.Process().children(recursive=True):
+        name = proc.name()
+        if name.startswith("VLLM::"):
+            out[name[6:]] = out.get(name[6:], 0.0) + _cpu_s(proc.pid)
+    return out
 
 
 def _row(method: str, path: str, wall: float, rows: list[tuple[float, float | None, int]]) -> str:
@@ -133,8 +159,10 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--methods", default="vanilla,deer")
+    ap.add_argument("--rounds", type=int, default=3, help="timed passes per path, alternating (figures pool them)")
     ap.add_argument("--model", default=None, help="model (default: the bundled tiny reasoner)")
-    ap.add_argument("--stream-interval", type=float, default=0.05, help="the server's --stream-interval (seconds)")
+    ap.add_argument("--stream-interval", type=float, default=None, help="the server's --stream-interval (seconds; "
+                    "default: the server's default)")
     ap.add_argument(
         "--server-loop",
         choices=("engine", "thread"),
@@ -142,6 +170,10 @@ def main() -> None:
         help="engine: uvicorn on the engine's loop, as `reasonexit serve` runs it; thread: its own loop and thread",
     )
     args = ap.parse_args()
+    if args.stream_interval is None:
+        from reasonexit.server import ServeOptions
+
+        args.stream_interval = ServeOptions().stream_interval
 
     config = EngineConfig(**({"model": args.model} if args.model else {}), step_rules=("budget",))
     session = get_session(config)
@@ -168,8 +200,9 @@ def main() -> None:
 
     prompt_ids = [session.chat_prompt_ids(p) for p in prompts]
     stats: dict[tuple[str, str], dict[str, float]] = {}
+    cpu_of: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
 
-    async def run_in_process(method: str) -> tuple:
+    async def run_in_process(method: str, warm: bool) -> tuple:
         meth = make_method(method)
 
         async def in_process(i: int) -> tuple[float, float | None, int]:
@@ -186,32 +219,57 @@ def main() -> None:
             )
             return time.perf_counter() - start, (first[0] if first else None), res.output_tokens
 
-        await _drive(min(args.clients, args.requests), args.clients, in_process)  # warm-up, not timed
+        if warm:
+            await _drive(min(args.clients, args.requests), args.clients, in_process)  # warm-up, not timed
         return await _drive(args.requests, args.clients, in_process)
 
     def run_all() -> None:
         ctx = multiprocessing.get_context("spawn")
         for method in args.methods.split(","):
+            walls: dict[str, list[float]] = {"server": [], "in-process API": []}
+            rows_of: dict[str, list] = {"server": [], "in-process API": []}
+            for k in range(args.rounds):  # the paths alternate, so a burst of other load hits both
+                for path in ("server", "in-process API"):
+                    before = _engine_cpu()
+                    if path == "server":
+                        with ctx.Pool(1) as pool:
+                            wall, rows, client_cpu = pool.apply(
+                                _client_process, (port, prompts, method, args.clients, args.max_tokens, k == 0)
+                            )
+                    else:
+                        wall, rows, client_cpu = *asyncio.run(run_in_process(method, k == 0)), 0.0
+                    used = cpu_of[method, path]
+                    for name, t in _engine_cpu().items():
+                        used[name] = used.get(name, 0.0) + t - before.get(name, 0.0)
+                    used["clients"] = used.get("clients", 0.0) + client_cpu
+                    walls[path].append(wall)
+                    rows_of[path].extend(rows)
+                    if args.rounds > 1:
+                        print(f"  round {k + 1} {method} {path}: {sum(r[2] for r in rows) / wall:.1f} tok/s",
+                              flush=True)
             for path in ("server", "in-process API"):
-                if path == "server":
-                    with ctx.Pool(1) as pool:
-                        wall, rows = pool.apply(
-                            _client_process, (port, prompts, method, args.clients, args.max_tokens)
-                        )
-                else:
-                    wall, rows = asyncio.run(run_in_process(method))
+                wall, rows = sum(walls[path]), rows_of[path]
                 stats[method, path] = {"tok_s": sum(r[2] for r in rows) / wall, "req_s": len(rows) / wall,
+                                       "tokens": sum(r[2] for r in rows),
                                        "p50": _pct([r[0] for r in rows], 50)}
-                print(_row(method, path, wall, rows), flush=True)
+                table.append(_row(method, path, wall, rows))
 
-    print(f"{args.clients} clients, {args.requests} requests, max_tokens {args.max_tokens}, "
+    print(f"{args.clients} clients, {args.requests} requests x {args.rounds} rounds per path, "
+          f"max_tokens {args.max_tokens}, "
           f"model {os.path.basename(config.model)}, server loop {args.server_loop}, "
           f"stream interval {args.stream_interval:g} s, "
           f"load average before {os.getloadavg()[0]:.2f}")
-    print("| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
-          "| p95 TTFT s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    table = ["| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
+             "| p95 TTFT s |", "|---|---|---|---|---|---|---|---|---|"]
     run_all()
+    print("\n".join(table))
+    # Where the CPU went (seconds per 1,000 output tokens; warm-up passes included in the server
+    # process and engine figures): on 2 cores what the server and its clients use is taken from
+    # the engine.
+    for (method, path), used in cpu_of.items():
+        tokens = stats[method, path]["tokens"] / 1000
+        parts = ", ".join(f"{name} {t / tokens:.3f}" for name, t in sorted(used.items()))
+        print(f"CPU s per 1k output tokens, {method} {path}: {parts}")
     print(f"load average after {os.getloadavg()[0]:.2f}")
     for method in args.methods.split(","):
         srv, inp = stats[method, "server"], stats[method, "in-process API"]

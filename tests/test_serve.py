@@ -410,3 +410,25 @@ def test_32_concurrent_streaming_clients_get_complete_answers(server, session):
     got = asyncio.run(all_of_them())
     assert got == [(r.thinking, r.answer_text, r.output_tokens, "stop") for r in refs]
     assert [extract_answer(g[1], "math") for g in got] == [r.answer for r in refs]
+
+
+def test_request_methods_are_built_once_per_name_and_options(session):
+    """A server keeps the methods requests ask for (as a run keeps one for all its problems):
+    the same name and options give the same object, other options another."""
+    import collections
+
+    from reasonexit.methods import make_method
+    from reasonexit.server import _request_method
+
+    default = make_method("vanilla")
+    cache = collections.OrderedDict()
+
+    def method(extra):
+        return _request_method(extra, "vanilla", {}, default, session, cache)
+
+    first = method({"method": "deer", "threshold": 0.9})
+    assert method({"threshold": 0.9, "method": "deer"}) is first
+    assert method({"method": "deer", "threshold": 0.8}) is not first
+    assert method({"method": "deer", "threshold": 0.8}).params.threshold == 0.8
+    assert method(None) is default and method({"method": "vanilla"}) is default
+    assert len(cache) == 2
