@@ -102,6 +102,14 @@ class _Call:
     include_usage: bool
     echo_model: str
     stop: tuple[str, ...] = ()
+    #: Keep the stop string in the text (vLLM's ``include_stop_str_in_output``); by default it is
+    #: cut off, as the OpenAI API does.
+    include_stop: bool = False
+
+    @property
+    def trim(self) -> tuple[str, ...]:
+        """The stop strings cut from the response text."""
+        return () if self.include_stop else self.stop
 
 
 @dataclass
@@ -284,6 +292,7 @@ def create_app(
         if not 1 <= n <= max_n:
             raise ApiError(400, f"n must be between 1 and {max_n}, got {n}", "n")
         stop = _stop_strings(body.get("stop"))
+        include_stop = bool(_get(body, "include_stop_str_in_output", bool, False))
         for unsupported in ("logprobs", "tools", "functions", "response_format"):
             if body.get(unsupported) not in (None, False, [], {}):
                 raise ApiError(400, f"{unsupported} is not supported by reasonexit serve", unsupported)
@@ -299,6 +308,7 @@ def create_app(
             include_usage=bool(stream_options.get("include_usage")),
             echo_model=name,
             stop=stop,
+            include_stop=include_stop,
         )
 
     async def run(
@@ -558,18 +568,54 @@ def _usage(call: _Call, results: Sequence[Result]) -> dict[str, Any]:
     }
 
 
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to the first stop string in it (the OpenAI API leaves the stop string out), and
+    whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def _stop_prefix_start(text: str, stop: Sequence[str]) -> int:
+    """Where the longest end of ``text`` that could begin a stop string starts (``len(text)`` if
+    none): text from there on may still turn out to be part of a stop string."""
+    start = len(text)
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                start = min(start, len(text) - k)
+                break
+    return start
+
+
+def _final_fields(res: Result, chat: bool, stop: Sequence[str]) -> dict[str, str]:
+    """The response text fields of a result, cut at the first of the ``stop`` strings (nothing
+    after it: a stop string in the thinking leaves no answer)."""
+    fields = {"reasoning_content": res.thinking, "content": res.answer_text} if chat else {"text": res.text}
+    if not stop:
+        return fields
+    out, stopped = {}, False
+    for name, text in fields.items():
+        if stopped:
+            out[name] = ""
+            continue
+        out[name], stopped = _cut_at_stop(text, stop)
+    return out
+
+
 def _response(
     call: _Call, rid: str, created: int, chat: bool, session: EngineSession, results: Sequence[Result]
 ) -> dict[str, Any]:
     choices = []
     for i, r in enumerate(results):
         extra = {"exit_reason": r.exit_reason, "compute_tokens": r.compute_tokens, "output_tokens": r.output_tokens}
+        fields = _final_fields(r, chat, call.trim)
         if chat:
-            message = {"role": "assistant", "content": r.answer_text, "reasoning_content": r.thinking or None}
+            message = {"role": "assistant", "content": fields["content"],
+                       "reasoning_content": fields["reasoning_content"] or None}
             choices.append({"index": i, "message": message, "finish_reason": _finish_reason(r, session, call.stop),
                             "logprobs": None, "reasonexit": extra})
         else:
-            choices.append({"index": i, "text": r.text, "finish_reason": _finish_reason(r, session, call.stop),
+            choices.append({"index": i, "text": fields["text"], "finish_reason": _finish_reason(r, session, call.stop),
                             "logprobs": None, "reasonexit": extra})
     return {
         "id": rid,
@@ -590,9 +636,14 @@ class _ChoiceText:
     Text that may still change is held back: a possibly incomplete character, and while the
     thinking is open, as many tokens as the end marker has less one."""
 
-    def __init__(self, session: EngineSession, chat: bool) -> None:
+    def __init__(self, session: EngineSession, chat: bool, stop: Sequence[str] = ()) -> None:
         self.session = session
         self.chat = chat
+        #: Stop strings cut from the text: text that may begin one is held back, and none is sent
+        #: from a complete one on.
+        self.stop = tuple(stop)
+        self.stopped = False
+        self.held: dict[str, str] = {}
         self.ids: list[int] = []
         self.eos = set(session.eos_ids)
         # follows the thinking span token by token, as split_completion finds it in the whole
@@ -636,13 +687,32 @@ class _ChoiceText:
                 continue
             self._offsets[name] = (read, len(span))
             piece = now[len(before) :]
+            if self.stop:
+                piece = self._release(name, piece)
+                if not piece:
+                    continue
             self.sent[name] += piece
             out.append((name, piece))
         return out
 
+    def _release(self, name: str, piece: str) -> str:
+        """Of newly decoded text, what can be sent: none from a complete stop string on, and the end
+        that may still begin one is held back (``finish`` sends what remains of the final text)."""
+        if self.stopped:
+            return ""
+        text = self.held.get(name, "") + piece
+        cut, found = _cut_at_stop(self.sent[name] + text, self.stop)
+        if found:
+            self.stopped = True
+            self.held[name] = ""
+            return cut[len(self.sent[name]) :]
+        keep = _stop_prefix_start(text, self.stop)
+        self.held[name] = text[keep:]
+        return text[:keep]
+
     def finish(self, res: Result) -> list[tuple[str, str]]:
         """The rest of the final response (held-back text, or all of it if nothing was streamed)."""
-        full = {"reasoning_content": res.thinking, "content": res.answer_text} if self.chat else {"text": res.text}
+        full = _final_fields(res, self.chat, self.stop)
         out = []
         for name, text in full.items():
             done = self.sent[name]
@@ -686,7 +756,7 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
                      for i in range(total)])
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[int, list[int]]] = asyncio.Queue()
-    texts = [_ChoiceText(session, chat) for _ in range(total)]
+    texts = [_ChoiceText(session, chat, call.trim) for _ in range(total)]
 
     def sink(i: int) -> Callable[[list[int]], None]:
         # called on the engine loop: hand the tokens over to this (the server's) loop, directly when

@@ -337,20 +337,27 @@ def test_early_exit_streams_final_tokens_live(server, session, client, method, o
 
 
 @pytest.mark.parametrize("method,opts", [("vanilla", {}), ("deer", {"threshold": 0.5, "mode": "sequential"})])
-def test_stop_strings_end_the_answer(session, client, method, opts):
-    """``stop`` ends the completion with the token that completes the stop string (kept, as
-    vLLM's include_stop_str_in_output), streaming or not; here it falls in the answer."""
+@pytest.mark.parametrize("include", [False, True])
+def test_stop_strings_end_the_answer(session, client, method, opts, include):
+    """``stop`` ends the completion with the token that completes the stop string; the text ends
+    before the stop string, as the OpenAI API's does, or with it (vLLM's
+    ``include_stop_str_in_output``); streamed or not; here it falls in the answer."""
     ref = generate([PROMPTS[3]], method, session=session, max_tokens=400, seed=2, **opts)[0]
     stop = "boxed"
     assert stop in ref.answer_text and stop not in ref.thinking
+    extra = {"reasonexit": {"method": method, **opts}, **({"include_stop_str_in_output": True} if include else {})}
     args = dict(model="tiny", messages=[{"role": "user", "content": PROMPTS[3]}], max_tokens=400, seed=2,
-                stop=[stop, "never written"], extra_body={"reasonexit": {"method": method, **opts}})
+                stop=[stop, "never written"], extra_body=extra)
     resp = client.chat.completions.create(**args)
     msg = resp.choices[0].message
     assert resp.choices[0].finish_reason == "stop"
     assert msg.model_extra["reasoning_content"] == ref.thinking
-    assert ref.answer_text.startswith(msg.content) and stop in msg.content
-    assert msg.content.index(stop) + len(stop) > len(msg.content) - 8  # ends with the stop's token
+    upto = ref.answer_text[: ref.answer_text.index(stop)]
+    if include:
+        assert ref.answer_text.startswith(msg.content) and msg.content.startswith(upto + stop)
+        assert len(msg.content) < len(upto + stop) + 8  # ends with the stop's token
+    else:
+        assert msg.content == upto
     assert resp.usage.completion_tokens < ref.output_tokens
     answer, finish = "", None
     for chunk in client.chat.completions.create(**args, stream=True):
@@ -358,6 +365,20 @@ def test_stop_strings_end_the_answer(session, client, method, opts):
             answer += c.delta.content or ""
             finish = c.finish_reason or finish
     assert (answer, finish) == (msg.content, "stop")
+
+
+def test_stop_string_hold_back():
+    """What the stream holds back: the end of the text that may begin a stop string, and nothing
+    from a complete one on."""
+    from reasonexit.server import _cut_at_stop, _stop_prefix_start
+
+    assert _stop_prefix_start("the answer is \\bo", ["boxed"]) == len("the answer is \\")
+    assert _stop_prefix_start("the answer is 4", ["boxed", "\n\n"]) == len("the answer is 4")
+    assert _stop_prefix_start("x\n", ["boxed", "\n\n"]) == 1
+    assert _stop_prefix_start("ab", ["abc", "b"]) == 0  # the longest possible start wins
+    assert _cut_at_stop("a boxed b boxed", ["boxed"]) == ("a ", True)
+    assert _cut_at_stop("one two", ["two", "one t"]) == ("", True)  # the first in the text
+    assert _cut_at_stop("no stop here", ["boxed"]) == ("no stop here", False)
 
 
 @pytest.mark.parametrize("args,words", [
