@@ -32,8 +32,11 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(session):
     """The server on a free loopback port, on the engine's loop as ``reasonexit serve`` runs it;
-    stopped after the module."""
-    app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny")
+    stopped after the module. Chunks go out per engine step (``stream_interval=0``), so that the
+    tests of what is streamed when do not depend on how fast this machine is at the moment; the
+    default interval's coalescing is served by ``thread_server``."""
+    app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny",
+                     stream_interval=0)
     port = _free_port()
     srv = start_server(app, session, port=port)
     yield f"http://127.0.0.1:{port}"
