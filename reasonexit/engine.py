@@ -125,7 +125,8 @@ class EngineConfig:
         None,
         help="CPU only: cores the engine's model threads bind to, as vLLM's VLLM_CPU_OMP_THREADS_BIND "
         "(e.g. 0-3, or nobind); default: that variable, else on a machine of at most 2 cores all of them "
-        "(unless a second engine, a FlashThink verifier, needs one), else vLLM's choice (all cores but one)",
+        "(unless a second engine, a FlashThink verifier, or `serve`'s HTTP front end needs one), else vLLM's "
+        "choice (all cores but one)",
     )
     think_start: str | None = opt(None, help="thinking start marker (overrides detection)")
     think_end: str | None = opt(None, help="thinking end marker (overrides detection)")
@@ -188,6 +189,17 @@ class Completion:
     stop_reason: int | str | None = None
 
 
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    """The engine loop: uvloop's when it is installed (vLLM depends on it and runs its own OpenAI
+    server on it), else asyncio's. Controllers, vLLM's output handler and ``reasonexit serve``'s
+    HTTP handling all run on this loop; on 2 cores every microsecond of it is taken from the model."""
+    try:
+        import uvloop
+    except ImportError:  # not a vLLM dependency on every platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class EngineSession:
     """One shared vLLM ``AsyncLLM`` plus the tokenizer and thinking markers of its model."""
 
@@ -214,7 +226,7 @@ class EngineSession:
         #: Context length; read from the model config until the engine, which has the last word, starts.
         self.max_model_len: int = self.config.max_model_len or _config_context_length(self.config)
         self._engine: Any = None
-        self._loop = asyncio.new_event_loop()
+        self._loop = _new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="reasonexit-engine", daemon=True)
         self._thread.start()
         self._closed = False
@@ -761,9 +773,10 @@ _SPARE_CORE_WANTED = False
 
 
 def reserve_spare_core() -> None:
-    """Note that a method built in this process will start a second CPU engine (a FlashThink
-    verifier): engines started from now on leave vLLM's spare core free for it (see
-    :func:`cpu_binding`), as ``step_rules.require`` notes the rules engines started later register."""
+    """Note that something in this process needs a core of its own beside the model: a second CPU
+    engine (a FlashThink verifier) or a server's HTTP front end (``reasonexit serve``). Engines
+    started from now on leave vLLM's spare core free (see :func:`cpu_binding`), as
+    ``step_rules.require`` notes the rules engines started later register."""
     global _SPARE_CORE_WANTED
     _SPARE_CORE_WANTED = True
 
@@ -783,8 +796,8 @@ def cpu_binding(config: EngineConfig) -> str | None:
     rest. On a 2-core machine that leaves the model one core: the main job's 300 problems took
     24.9-27.8 s per pass there, and 20.9-25.0 s with the threads on both cores (scheduler and
     threads then share one). So a lone engine on a machine of at most :data:`SMALL_MACHINE_CORES`
-    cores takes them all, unless another CPU engine runs in this process or a method built here
-    will start one (:func:`reserve_spare_core`).
+    cores takes them all, unless another CPU engine runs in this process, a method built here will
+    start one, or the process serves HTTP (:func:`reserve_spare_core`).
     """
     if config.cpu_cores is not None:
         return config.cpu_cores
