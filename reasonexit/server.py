@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .engine import EngineSession
+from .engine import EngineSession, reserve_spare_core
 from .errors import UserError, is_engine_dead, one_line
 from .methods.base import Decoding, Method, make_method
 from .options import opt
@@ -380,9 +380,16 @@ def create_app(
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         created = int(time.time())
         if call.stream:
+            # Starlette's StreamingResponse listens for the disconnect itself and cancels the stream,
+            # which cancels the call: no polling per stream (hundreds of polls a second under load)
+            starlette_watches = _streams_watch_disconnect(request.scope)
+
+            def streamed(sinks: Sequence[Callable[[list[int]], None]]) -> Any:
+                return run(call, rid, sinks) if starlette_watches else run_watching(call, rid, request, sinks)
+
             return StreamingResponse(
-                _sse(call, rid, created, chat, session, lambda sinks: run_watching(call, rid, request, sinks),
-                     lambda res: record(endpoint, call, res, start), stream_interval),
+                _sse(call, rid, created, chat, session, streamed, lambda res: record(endpoint, call, res, start),
+                     stream_interval),
                 media_type="text/event-stream",
             )
         metrics.in_flight.inc()
@@ -402,6 +409,17 @@ def create_app(
         return await handle(request, chat=False)
 
     return app
+
+
+def _streams_watch_disconnect(scope: Any) -> bool:
+    """True when Starlette's ``StreamingResponse`` watches for the client's disconnect itself: it
+    does for ASGI servers of spec version below 2.4 (uvicorn's today); from 2.4 on it relies on
+    ``send`` failing, which only happens at the next chunk, so the call watches the connection."""
+    spec = str(scope.get("asgi", {}).get("spec_version", "2.0"))
+    try:
+        return tuple(int(p) for p in spec.split(".")) < (2, 4)
+    except ValueError:
+        return False
 
 
 def _check_decoding(dec: Decoding) -> None:
@@ -755,41 +773,63 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
         yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
                      for i in range(total)])
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, list[int]]] = asyncio.Queue()
     texts = [_ChoiceText(session, chat, call.trim) for _ in range(total)]
+    # Final tokens wait in ``pending`` until the next chunk; one future at a time wakes this
+    # generator (tokens arrived, the interval passed, or the call ended). No task or queue per
+    # chunk: under load this loop runs hundreds of times a second on the engine's loop.
+    pending: list[tuple[int, list[int]]] = []
+    waiter: asyncio.Future[None] | None = None
+    wake_on_tokens = True
+
+    def wake(_: Any = None) -> None:
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def put(i: int, ids: list[int]) -> None:
+        pending.append((i, ids))
+        if wake_on_tokens:
+            wake()
 
     def sink(i: int) -> Callable[[list[int]], None]:
         # called on the engine loop: hand the tokens over to this (the server's) loop, directly when
         # the server runs on the engine loop (``serve``), else thread-safely
         if session.on_engine_loop(loop):
-            return lambda ids: queue.put_nowait((i, ids))
-        return lambda ids: loop.call_soon_threadsafe(queue.put_nowait, (i, ids))
+            return lambda ids: put(i, ids)
+        return lambda ids: loop.call_soon_threadsafe(put, i, ids)
 
     task = asyncio.ensure_future(run([sink(i) for i in range(total)]))
-    getter: asyncio.Future[Any] | None = None
+    task.add_done_callback(wake)
     last = None  # when the last text chunk went out
     try:
         while True:
-            if last is not None and interval > 0:
-                wait = last + interval - loop.time()
-                if wait > 0:
-                    await asyncio.wait({task}, timeout=wait)  # wakes early when the call ends
-            getter = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:
-                break
-            # everything queued so far, in one chunk per choice (fewer, larger chunks under load)
-            items = [getter.result()]
-            while not queue.empty():
-                items.append(queue.get_nowait())
+            delay = last + interval - loop.time() if last is not None and interval > 0 else 0.0
+            if delay > 0 and not task.done():  # wait out the interval; the call's end cuts it short
+                wake_on_tokens = False
+                waiter = loop.create_future()
+                timer = loop.call_later(delay, wake)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+            if not pending and not task.done():
+                wake_on_tokens = True
+                waiter = loop.create_future()
+                await waiter
+            if not pending:
+                break  # the call has ended and every token it handed over has been sent
+            # everything that became final meanwhile, in one chunk per choice
+            items, pending[:] = pending[:], []
             merged: dict[int, list[int]] = {}
             for i, ids in items:
                 merged.setdefault(i, []).extend(ids)
+            out = []  # one write for all choices (each write is a send on the socket)
             for i, ids in merged.items():
                 pieces = texts[i].feed(ids)
                 if pieces:
-                    yield chunk([delta(i, name, text) for name, text in pieces])
-                    last = loop.time()
+                    out.append(chunk([delta(i, name, text) for name, text in pieces]))
+            if out:
+                yield "".join(out)
+                last = loop.time()
         results = task.result()  # raises the call's ApiError, if any
     except ApiError as err:
         if err.status == 499:
@@ -798,8 +838,6 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
         yield "data: [DONE]\n\n"
         return
     finally:
-        if getter is not None:
-            getter.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -835,6 +873,11 @@ def serve(
         max_n=options.max_n,
         stream_interval=options.stream_interval,
     )
+    # The HTTP front end (requests, SSE chunks, socket writes) works for every token it streams. On
+    # a small CPU machine an engine whose model threads take every core shares them with it, and a
+    # model thread preempted mid-step stalls the others at the next barrier: the front end keeps
+    # vLLM's spare core (see README, Serving). The user's --cpu-cores still wins.
+    reserve_spare_core()
     session.start()
     # Served on the engine's own loop: HTTP handling, controllers and token streams share one
     # event loop, so no token crosses threads on its way to the client.

@@ -456,3 +456,25 @@ def test_request_methods_are_built_once_per_name_and_options(session):
     assert method({"method": "deer", "threshold": 0.8}).params.threshold == 0.8
     assert method(None) is default and method({"method": "vanilla"}) is default
     assert len(cache) == 2
+
+
+def test_serve_leaves_the_front_end_a_core_before_the_engine_starts(session, monkeypatch):
+    """``serve`` notes, before it starts the engine, that the HTTP front end needs a core, so a CPU
+    engine on a small machine leaves vLLM's spare core free instead of taking every core."""
+    import reasonexit.engine as eng
+    from reasonexit.server import ServeOptions, serve
+
+    monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)  # as in a fresh process
+    seen: list[bool] = []
+
+    class Started(Exception):
+        pass
+
+    def start() -> None:  # the (already running) test engine: record, then stop before serving
+        seen.append(eng._SPARE_CORE_WANTED)
+        raise Started
+
+    monkeypatch.setattr(session, "start", start)
+    with pytest.raises(Started):
+        serve(session, ServeOptions())
+    assert seen == [True]
