@@ -13,8 +13,11 @@ per prompt) with a token sink, which times the first final token the same way th
 it. Each path keeps ``--clients`` requests in flight until ``--requests`` have finished; request
 ``i`` uses seed ``i`` on both paths, so both do the same work. Each path is warmed up with one
 round of ``--clients`` requests first (not timed). The two paths then alternate for ``--rounds``
-timed passes each, and each path's figures pool its passes (on a shared 2-core machine one pass
-of either path varied by a fifth from one minute to the next).
+timed passes each (default 4), each going first in every other round, and each path's figures
+pool its passes (on a shared 2-core machine one pass of either path varied by a fifth from one
+minute to the next). The engine leaves vLLM's spare core to the front end, as ``reasonexit
+serve`` does; ``--all-cores`` binds the model threads to every core instead, as ``reasonexit
+eval`` does on a machine of at most 2 cores.
 
 Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to first token
 (TTFT: the first thinking or answer text for the server, the first final token in process); then
@@ -78,7 +81,9 @@ def _client_process(port: int, prompts: list[str], method: str, clients: int, ma
 
     async def run() -> tuple:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        connector = aiohttp.TCPConnector(limit=clients)
+        # idle connections are dropped before uvicorn's 5 s keep-alive ends, so a request never
+        # goes out on a connection the server is closing (aiohttp keeps them 15 s by default)
+        connector = aiohttp.TCPConnector(limit=clients, keepalive_timeout=2.0)
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=3600)) as client:
 
             async def via_server(i: int) -> tuple[float, float | None, int]:
@@ -147,7 +152,7 @@ def _row(method: str, path: str, wall: float, rows: list[tuple[float, float | No
 def main() -> None:
     import uvicorn
 
-    from reasonexit.engine import EngineConfig, get_session
+    from reasonexit.engine import EngineConfig, get_session, reserve_spare_core
     from reasonexit.methods.base import Decoding, make_method
     from reasonexit.prompts import format_prompt
     from reasonexit.runner import Job, solve_job
@@ -159,7 +164,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--methods", default="vanilla,deer")
-    ap.add_argument("--rounds", type=int, default=3, help="timed passes per path, alternating (figures pool them)")
+    ap.add_argument("--rounds", type=int, default=4, help="timed passes per path, alternating, each path going first "
+                    "in every other round (figures pool them)")
     ap.add_argument("--model", default=None, help="model (default: the bundled tiny reasoner)")
     ap.add_argument("--stream-interval", type=float, default=None, help="the server's --stream-interval (seconds; "
                     "default: the server's default)")
@@ -169,6 +175,9 @@ def main() -> None:
         default="engine",
         help="engine: uvicorn on the engine's loop, as `reasonexit serve` runs it; thread: its own loop and thread",
     )
+    ap.add_argument("--all-cores", action="store_true", help="bind the model threads to every core, as `reasonexit "
+                    "eval` does on a small CPU machine (default: leave the front end vLLM's spare core, as "
+                    "`reasonexit serve` does)")
     args = ap.parse_args()
     if args.stream_interval is None:
         from reasonexit.server import ServeOptions
@@ -176,6 +185,8 @@ def main() -> None:
         args.stream_interval = ServeOptions().stream_interval
 
     config = EngineConfig(**({"model": args.model} if args.model else {}), step_rules=("budget",))
+    if not args.all_cores:
+        reserve_spare_core()  # as ``reasonexit serve`` does
     session = get_session(config)
     session.start()
     prompts = [format_prompt(p["problem"]) for p in generate_problems(args.requests, split="test", seed=2026)]
@@ -229,7 +240,10 @@ def main() -> None:
             walls: dict[str, list[float]] = {"server": [], "in-process API": []}
             rows_of: dict[str, list] = {"server": [], "in-process API": []}
             for k in range(args.rounds):  # the paths alternate, so a burst of other load hits both
-                for path in ("server", "in-process API"):
+                # and each goes first in every other round (the first passes on a new engine are the
+                # slowest: the KV cache's pages are touched for the first time)
+                order = ("server", "in-process API") if k % 2 == 0 else ("in-process API", "server")
+                for path in order:
                     before = _engine_cpu()
                     if path == "server":
                         with ctx.Pool(1) as pool:
@@ -258,6 +272,7 @@ def main() -> None:
           f"max_tokens {args.max_tokens}, "
           f"model {os.path.basename(config.model)}, server loop {args.server_loop}, "
           f"stream interval {args.stream_interval:g} s, "
+          f"model threads on cores {session.cpu_binding or 'of vLLM default (last core spare)'}, "
           f"load average before {os.getloadavg()[0]:.2f}")
     table = ["| method | path | requests | req/s | output tok/s | p50 latency s | p95 latency s | p50 TTFT s "
              "| p95 TTFT s |", "|---|---|---|---|---|---|---|---|---|"]
