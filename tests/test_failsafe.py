@@ -273,6 +273,29 @@ def test_recipe_types_and_relative_model_paths(tmp_path, monkeypatch):
             load_recipe(bad)
 
 
+def test_recipe_dataset_files_beside_the_recipe_or_in_the_working_directory(tmp_path, monkeypatch):
+    """A relative dataset file is found beside the recipe from any working directory; one that is
+    not there stays relative to the working directory (where rl/README.md exports DeepMath)."""
+    import yaml
+
+    from reasonexit.training.config import load_recipe
+
+    recipe = yaml.safe_load((ROOT / "rl" / "tiny_sgrpo.yaml").read_text())
+    recipes = tmp_path / "recipes"
+    (recipes / "data").mkdir(parents=True)
+    (recipes / "data" / "mine.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n')
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for name, expected in (
+        ("data/mine.jsonl", str(recipes / "data" / "mine.jsonl")),  # beside the recipe
+        ("data/elsewhere.jsonl", "data/elsewhere.jsonl"),  # not there: the working directory's
+        ("gsm8k", "gsm8k"),  # a dataset name, not a file
+    ):
+        path = recipes / "r.yaml"
+        path.write_text(yaml.safe_dump({**recipe, "model": TEST_MODEL, "dataset": {"name": name}}))
+        assert load_recipe(path).dataset.name == expected
+
+
 # ---------------------------------------------------------------------------- signals (subprocesses)
 N_SIGNAL = 12
 

@@ -66,7 +66,11 @@ _OWNED_TRAINING_KEYS = {
 class DatasetSection:
     """Training problems, loaded like `reasonexit eval --dataset` (reasonexit.datasets.load_problems)."""
 
-    name: str = opt("synthetic", help="dataset name (gsm8k, math500, synthetic, ...) or a local .jsonl/.json/.parquet")
+    name: str = opt(
+        "synthetic",
+        help="dataset name (gsm8k, math500, synthetic, ...) or a local .jsonl/.json/.parquet (a relative file: "
+        "beside the recipe file if it is there, else in the working directory)",
+    )
     split: str | None = opt("train", help="dataset split (synthetic: train is disjoint from the eval split)")
     limit: int | None = opt(None, help="first N problems only (null: all)")
     seed: int = opt(0, help="synthetic set: generator seed")
@@ -294,7 +298,9 @@ def recipe_from_dict(
     """Build and validate a recipe from a parsed YAML mapping.
 
     With ``base_dir`` (the recipe file's directory), a relative local ``model`` path is taken
-    relative to it, so a recipe works from any working directory.
+    relative to it, so a recipe works from any working directory. So is a relative dataset file
+    (``dataset.name`` ending in .jsonl, .json or .parquet) that exists there; one that does not is
+    left to the working directory, as the published recipes' ``data/...`` files are exported.
     """
     if not isinstance(data, dict):
         raise UserError(f"{source}: a recipe must be a YAML mapping, got {type(data).__name__}")
@@ -304,7 +310,22 @@ def recipe_from_dict(
         local = Path(base_dir) / Path(recipe.model).expanduser()
         if _is_relative_local_path(recipe.model) or local.exists():
             recipe.model = str(local.resolve())
+    if base_dir is not None:
+        recipe.dataset.name = _recipe_relative_dataset(recipe.dataset.name, Path(base_dir))
     return validate(recipe)
+
+
+def _recipe_relative_dataset(name: str, base_dir: Path) -> str:
+    """A relative dataset file found beside the recipe, as a path from anywhere; else ``name``."""
+    from ..datasets import LOCAL_SUFFIXES
+
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.suffix.lower() not in LOCAL_SUFFIXES:
+        return name
+    beside = base_dir / path
+    if beside.is_file():
+        return str(beside.resolve())
+    return name
 
 
 def _is_relative_local_path(name: str) -> bool:
