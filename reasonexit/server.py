@@ -756,12 +756,12 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     """
     kind = "chat.completion.chunk" if chat else "text_completion"
 
+    # what every chunk of this stream starts with, rendered once
+    head = json.dumps({"id": rid, "object": kind, "created": created, "model": call.echo_model})[:-1]
+
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        body: dict[str, Any] = {"id": rid, "object": kind, "created": created, "model": call.echo_model,
-                                "choices": choices}
-        if call.include_usage:
-            body["usage"] = usage
-        return f"data: {json.dumps(body)}\n\n"
+        tail = f', "usage": {json.dumps(usage)}' if call.include_usage else ""
+        return f'data: {head}, "choices": {json.dumps(choices)}{tail}}}\n\n'
 
     def delta(i: int, name: str, text: str, finish: str | None = None) -> dict[str, Any]:
         if chat:
