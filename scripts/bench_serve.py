@@ -3,21 +3,21 @@
     python scripts/bench_serve.py                       # 64 clients, 256 requests, vanilla and deer
     python scripts/bench_serve.py --clients 4 --requests 8 --max-tokens 64   # a quick check
 
-One engine session serves both paths: the server (``reasonexit.server.create_app`` under uvicorn
-on the engine's loop, as ``reasonexit serve`` runs it, on a loopback port; ``--server-loop
-thread`` gives it a loop and thread of its own) is driven by streaming ``aiohttp`` clients (to time
-the first token) from a process of their own, as real clients are (in the server's process they
-would compete with the server and the engine loop for the interpreter), and the in-process path runs the same
+One engine session serves both paths: the server (``reasonexit.server.create_app`` under uvicorn on
+the engine's loop, as ``reasonexit serve`` runs it, on a loopback port; ``--server-loop thread``
+gives it a loop and thread of its own) is driven by streaming ``aiohttp`` clients (to time the first
+token) from a process of their own, as real clients are (in the server's process they would compete
+with the server and the engine loop for the interpreter), and the in-process path runs the same
 controller on the engine loop (``reasonexit.runner.solve_job``, what ``reasonexit.agenerate`` runs
-per prompt) with a token sink, which times the first final token the same way the server streams
-it. Each path keeps ``--clients`` requests in flight until ``--requests`` have finished; request
-``i`` uses seed ``i`` on both paths, so both do the same work. Each path is warmed up with one
-round of ``--clients`` requests first (not timed). The two paths then alternate for ``--rounds``
-timed passes each (default 4), each going first in every other round, and each path's figures
-pool its passes (on a shared 2-core machine one pass of either path varied by a fifth from one
-minute to the next). The engine leaves vLLM's spare core to the front end, as ``reasonexit
-serve`` does; ``--all-cores`` binds the model threads to every core instead, as ``reasonexit
-eval`` does on a machine of at most 2 cores.
+per prompt, after templating and tokenizing the prompt as it does) with a token sink, which times
+the first final token the same way the server streams it. Each path keeps ``--clients`` requests in
+flight until ``--requests`` have finished; request ``i`` uses seed ``i`` on both paths, so both do
+the same work. Each path is warmed up with one round of ``--clients`` requests first (not timed).
+The two paths then alternate for ``--rounds`` timed passes each (default 4), each going first in
+every other round, and each path's figures pool its passes (on a shared 2-core machine one pass of
+either path varied by a fifth from one minute to the next). The engine leaves vLLM's spare core to
+the front end, as ``reasonexit serve`` does; ``--all-cores`` binds the model threads to every core
+instead, as ``reasonexit eval`` does on a machine of at most 2 cores.
 
 Printed per method and path: requests/s, output tokens/s, p50/p95 latency and time to first token
 (TTFT: the first thinking or answer text for the server, the first final token in process); then
@@ -74,7 +74,8 @@ def _client_process(port: int, prompts: list[str], method: str, clients: int, ma
     and what its serving benchmark uses) in a process of its own, as real clients are (in this
     process they would compete with the server and the engine loop for the interpreter). On 2
     cores the load generator's CPU time is taken from the server and the engine, so it reads the
-    event stream cheaply: lines are scanned, and only the usage chunk is parsed. (The ``openai``
+    event stream cheaply: blocks are read as they arrive and scanned, and only the usage chunk is
+    parsed. (The ``openai``
     client, which builds a pydantic object per chunk, is what tests/test_serve.py uses.) Returns
     (wall, rows) of the timed pass, after a warm-up round when ``warm``."""
     import aiohttp
@@ -95,17 +96,19 @@ def _client_process(port: int, prompts: list[str], method: str, clients: int, ma
                     "max_tokens": max_tokens, "seed": i, "stream": True,
                     "stream_options": {"include_usage": True}, "reasonexit": {"method": method},
                 }  # fmt: skip
+                last = b""  # the end of the stream so far (the usage chunk is in the last write)
                 async with client.post(url, json=body) as resp:
                     resp.raise_for_status()
-                    async for raw in resp.content:  # one SSE line at a time
-                        if not raw.startswith(b"data: {"):
-                            continue
-                        if first is None and _TEXT.search(raw):
+                    async for block in resp.content.iter_any():  # whatever has arrived, not line by line
+                        # a text delta may straddle two blocks
+                        if first is None and _TEXT.search(last[-64:] + block):
                             first = time.perf_counter() - start
-                        if b'"usage": {' in raw:
-                            usage = json.loads(raw[6:]).get("usage")
-                            if usage:
-                                tokens = usage["completion_tokens"]
+                        last = (last + block)[-8192:]
+                for line in last.split(b"\n"):
+                    if line.startswith(b"data: {") and b'"usage": {' in line:
+                        usage = json.loads(line[6:]).get("usage")
+                        if usage:
+                            tokens = usage["completion_tokens"]
                 return time.perf_counter() - start, first, tokens
 
             if warm:
@@ -209,7 +212,6 @@ def main() -> None:
         while not server.started:
             time.sleep(0.05)
 
-    prompt_ids = [session.chat_prompt_ids(p) for p in prompts]
     stats: dict[tuple[str, str], dict[str, float]] = {}
     cpu_of: dict[tuple[str, str], dict[str, float]] = collections.defaultdict(dict)
 
@@ -224,7 +226,10 @@ def main() -> None:
                 if not first:
                     first.append(time.perf_counter() - start)
 
-            job = Job(id=f"bench{i}", prompt_ids=prompt_ids[i])
+            # the prompt is templated and tokenized per request, as ``agenerate`` and the server do
+            ids = session.chat_prompt_ids(prompts[i])
+            session.check_prompt(ids, f"prompt {i + 1}")
+            job = Job(id=f"bench{i}", prompt_ids=ids)
             res = await session.arun(
                 solve_job(session, meth, job, Decoding(max_tokens=args.max_tokens, seed=i), 0, sink)
             )
