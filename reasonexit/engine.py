@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,6 +73,21 @@ quiet_by_default()
 _SHUTDOWN_TIMEOUT_S = 15.0
 #: Seconds an interrupted :meth:`EngineSession.run` waits for its cancelled coroutine to unwind.
 _CANCEL_WAIT_S = 10.0
+#: Longest a caller's thread blocks in one wait for the engine loop (see :func:`_wait_for`).
+_WAIT_SLICE_S = 0.25
+
+
+def _wait_for(done: Callable[[float], object]) -> None:
+    """Block until ``done(timeout)`` returns true, in slices of :data:`_WAIT_SLICE_S`.
+
+    Python runs signal handlers in the main thread, between bytecodes. The kernel may hand a
+    process-wide signal to any thread that is not blocking it; when it picks one of vLLM's or the
+    engine loop's threads, a main thread parked in one untimed lock wait is not woken and learns
+    of the signal only when the wait ends, i.e. when the whole run has finished. Waking every
+    quarter second bounds that delay, so SIGINT/SIGTERM stop a run however they are delivered.
+    """
+    while not done(_WAIT_SLICE_S):
+        pass
 
 #: The bundled tiny reasoning model (see ``scripts/train_tiny_reasoner.py``).
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny_reasoner")
@@ -267,6 +282,7 @@ class EngineSession:
             with _engine_processes_in_own_group(self._thread):
                 fut = asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop)
                 try:
+                    _wait_for(lambda t: concurrent.futures.wait([fut], timeout=t).done)
                     engine = fut.result()
                 except BaseException:
                     # Interrupted while the engine starts (about half a minute): whatever comes up
@@ -499,7 +515,7 @@ class EngineSession:
         self._loop.call_soon_threadsafe(create)
         task = created.result()
         try:
-            finished.wait()
+            _wait_for(finished.wait)
         except BaseException:
             self._loop.call_soon_threadsafe(task.cancel)
             finished.wait(timeout=_CANCEL_WAIT_S)

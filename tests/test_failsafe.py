@@ -350,12 +350,18 @@ def test_signals_end_runs_in_order_and_resumes_complete_them(tmp_path):
             started.setdefault(c.pid, c)
         assert proc.poll() is None, "the run finished before the signal: make it longer"
         assert any("VLLM::" in " ".join(p.cmdline()) for p in started.values() if p.is_running())
+        rows_at_signal = len([ln for ln in _lines(out) if ln])
+        signalled = time.monotonic()
         if sig == signal.SIGINT:
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=90)
-        assert proc.returncode == code, err[-2000:]
+        out_text, err = proc.communicate(timeout=90)
+        rows_after = len([ln for ln in _lines(out) if ln])
+        assert proc.returncode == code, (
+            f"{sig.name}: exit {proc.returncode}, {rows_at_signal} rows at the signal, {rows_after} "
+            f"after, exited {time.monotonic() - signalled:.1f} s after it\n{err[-1500:]}{out_text[-500:]}"
+        )
         if sig != signal.SIGKILL:
             assert "Traceback" not in err, err[-3000:]
             assert "leaked shared_memory" not in err and "force killing" not in err, err[-3000:]
