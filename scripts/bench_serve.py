@@ -181,7 +181,10 @@ def main() -> None:
     ap.add_argument("--all-cores", action="store_true", help="bind the model threads to every core, as `reasonexit "
                     "eval` does on a small CPU machine (default: leave the front end vLLM's spare core, as "
                     "`reasonexit serve` does)")
+    ap.add_argument("--paths", default="server,in-process", help="which paths to time (one alone, e.g. to profile "
+                    "it: no ratio is printed then)")
     args = ap.parse_args()
+    paths = [{"server": "server", "in-process": "in-process API"}[p] for p in args.paths.split(",")]
     if args.stream_interval is None:
         from reasonexit.server import ServeOptions
 
@@ -248,7 +251,7 @@ def main() -> None:
                 # and each goes first in every other round (the first passes on a new engine are the
                 # slowest: the KV cache's pages are touched for the first time)
                 order = ("server", "in-process API") if k % 2 == 0 else ("in-process API", "server")
-                for path in order:
+                for path in (p for p in order if p in paths):
                     before = _engine_cpu()
                     if path == "server":
                         with ctx.Pool(1) as pool:
@@ -266,7 +269,7 @@ def main() -> None:
                     if args.rounds > 1:
                         print(f"  round {k + 1} {method} {path}: {sum(r[2] for r in rows) / wall:.1f} tok/s",
                               flush=True)
-            for path in ("server", "in-process API"):
+            for path in paths:
                 wall, rows = sum(walls[path]), rows_of[path]
                 stats[method, path] = {"tok_s": sum(r[2] for r in rows) / wall, "req_s": len(rows) / wall,
                                        "tokens": sum(r[2] for r in rows),
@@ -291,7 +294,7 @@ def main() -> None:
         parts = ", ".join(f"{name} {t / tokens:.3f}" for name, t in sorted(used.items()))
         print(f"CPU s per 1k output tokens, {method} {path}: {parts}")
     print(f"load average after {os.getloadavg()[0]:.2f}")
-    for method in args.methods.split(","):
+    for method in args.methods.split(",") if len(paths) == 2 else ():
         srv, inp = stats[method, "server"], stats[method, "in-process API"]
         ratio = srv["tok_s"] / inp["tok_s"]
         print(f"{method}: server / in-process throughput {ratio:.2f} (output tok/s; req/s "

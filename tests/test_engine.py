@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import weakref
 
 import pytest
@@ -24,6 +25,25 @@ def test_markers_found_through_the_chat_template(session):
     assert m.opened_by_template  # DeepSeek-R1 style: the generation prompt ends with <think>
     ids = session.chat_prompt_ids("What is 2 + 3?")
     assert session.decode(ids).rstrip().endswith("<think>")
+
+
+def test_decode_matches_the_tokenizer_and_a_callers_params_stay_untouched(session):
+    """``decode`` skips transformers' wrapper but not its result; a caller's SamplingParams (not
+    built for one request) is copied deeply before the engine changes anything, so it can be reused."""
+    from vllm import SamplingParams
+
+    rng = random.Random(5)
+    vocab = len(session.tokenizer)
+    for _ in range(300):
+        ids = [rng.randrange(vocab) for _ in range(rng.randrange(60))]
+        assert session.decode(ids) == session.tokenizer.decode(ids, skip_special_tokens=False)
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    before = (params.output_kind, params.skip_clone, set(params._all_stop_token_ids))
+    prompt = session.chat_prompt_ids("What is 2 + 3?")
+    first = session.run(session.complete(prompt, params, Usage()))
+    second = session.run(session.complete(prompt, params, Usage()))
+    assert (params.output_kind, params.skip_clone, set(params._all_stop_token_ids)) == before
+    assert first.token_ids == second.token_ids and len(first.token_ids) == 6
 
 
 def test_vanilla_greedy_is_deterministic_and_accounted(session):

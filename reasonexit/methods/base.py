@@ -72,6 +72,7 @@ class Context:
             stop_token_ids=self.session.eos_ids,
             skip_special_tokens=False,
             detokenize=False,
+            skip_clone=True,  # built for one request: the engine need not deep-copy it
         )
         args.update(overrides)
         return SamplingParams(**args)

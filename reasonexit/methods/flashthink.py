@@ -268,6 +268,7 @@ class EngineVerifier(Verifier):
             logprob_token_ids=[*self.yes_ids, *self.no_ids],
             detokenize=False,
             skip_special_tokens=False,
+            skip_clone=True,  # built for this request alone
         )
         tops: dict[int, float] = {}
         async with contextlib.aclosing(self.session.stream(prompt, params, usage, request_id)) as st:
