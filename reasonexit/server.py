@@ -759,9 +759,24 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     # what every chunk of this stream starts with, rendered once
     head = json.dumps({"id": rid, "object": kind, "created": created, "model": call.echo_model})[:-1]
 
+    no_usage = ', "usage": null' if call.include_usage else ""
+
     def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
-        tail = f', "usage": {json.dumps(usage)}' if call.include_usage else ""
+        tail = f', "usage": {json.dumps(usage)}' if usage is not None else no_usage
         return f'data: {head}, "choices": {json.dumps(choices)}{tail}}}\n\n'
+
+    # the chunks of text deltas (all but a few of a stream's), rendered by hand: the same bytes as
+    # ``chunk([delta(i, name, text), ...])``, with only the text going through the JSON encoder
+    keys = {name: json.dumps(name) for name in (("reasoning_content", "content") if chat else ())}
+
+    def text_chunk(i: int, pieces: list[tuple[str, str]]) -> str:
+        if chat:
+            items = [
+                f'{{"index": {i}, "delta": {{{keys[n]}: {json.dumps(t)}}}, "finish_reason": null}}' for n, t in pieces
+            ]
+        else:
+            items = [f'{{"index": {i}, "text": {json.dumps(t)}, "finish_reason": null}}' for _, t in pieces]
+        return f'data: {head}, "choices": [{", ".join(items)}]{no_usage}}}\n\n'
 
     def delta(i: int, name: str, text: str, finish: str | None = None) -> dict[str, Any]:
         if chat:
@@ -826,7 +841,7 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
             for i, ids in merged.items():
                 pieces = texts[i].feed(ids)
                 if pieces:
-                    out.append(chunk([delta(i, name, text) for name, text in pieces]))
+                    out.append(text_chunk(i, pieces))
             if out:
                 yield "".join(out)
                 last = loop.time()
