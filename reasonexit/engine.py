@@ -62,6 +62,16 @@ def quiet_by_default() -> None:
     logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
     if not os.environ.get("TORCH_LOGS"):
         os.environ["TORCH_LOGS"] = "-torch._library.triton"
+    logging.getLogger("vllm.v1.engine.async_llm").addFilter(_drop_engine_dead_traceback)
+
+
+def _drop_engine_dead_traceback(record: logging.LogRecord) -> bool:
+    """Drop vLLM's front-end traceback for a dead engine ("AsyncLLM output_handler failed." with
+    ``EngineDeadError``): it shows vLLM's plumbing, and reasonexit says the engine died in one line
+    (the CLI) or raises (the API). The engine process's own log of the root cause, if it had time to
+    write one, is left alone; ``--verbose`` shows everything."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (exc is not None and type(exc).__name__ == "EngineDeadError")
 
 
 def _verbose() -> bool:

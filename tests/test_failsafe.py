@@ -398,3 +398,43 @@ def test_signals_end_runs_in_order_and_resumes_complete_them(tmp_path):
     assert lines[-1] == b""  # ends with a whole line
     rows = [json.loads(ln) for ln in lines[:-1]]  # every line parses: none torn
     assert len(rows) == N_SIGNAL and len({r["id"] for r in rows}) == N_SIGNAL
+
+
+def test_a_dead_engine_ends_the_run_with_one_line_and_keeps_its_rows(tmp_path):
+    """The engine process dies mid-run (SIGKILL): exit 1 with one line saying so and how far the
+    run got, no traceback (vLLM's own for its front end is dropped), whole rows kept for a resume,
+    and nothing the run started left behind."""
+    out = tmp_path / "run.jsonl"
+    proc = _start(out)
+    me = psutil.Process(proc.pid)
+    started: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 240
+    while not [ln for ln in _lines(out) if ln] and proc.poll() is None:
+        assert time.monotonic() < deadline, "no row within 240 s"
+        for c in me.children(recursive=True):
+            started.setdefault(c.pid, c)
+        time.sleep(0.1)
+    for c in me.children(recursive=True):
+        started.setdefault(c.pid, c)
+    cores = [p for p in started.values() if p.is_running() and "VLLM::EngineCore" in " ".join(p.cmdline())]
+    assert cores and proc.poll() is None, "the run finished before the engine could be killed"
+    for p in cores:
+        p.kill()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    ours = [ln for ln in err.splitlines() if ln.startswith("reasonexit: error: ")]
+    assert len(ours) == 1 and ours[0].startswith("reasonexit: error: the vLLM engine died; "), err[-2000:]
+    assert ours[0].endswith(f"of {N_SIGNAL} done; re-run the same command to resume"), ours[0]
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(ln)["id"] for ln in lines[:-1])
+    done = int(ours[0].split("died; ")[1].split(" of ")[0])
+    assert 1 <= done == len(lines) - 1 < N_SIGNAL
+    gone_by = time.monotonic() + 10
+    alive = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    while alive and time.monotonic() < gone_by:
+        time.sleep(0.2)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    assert not alive, f"orphaned: {[(p.pid, p.name()) for p in alive]}"
