@@ -328,6 +328,18 @@ def _lines(out: Path) -> list[bytes]:
     return out.read_bytes().split(b"\n") if out.exists() else [b""]
 
 
+def _assert_none_left(started: dict[int, psutil.Process]) -> None:
+    """Nothing a run started outlives it by more than 10 s (the watchdog covers SIGKILL)."""
+    gone_by = time.monotonic() + 10
+    alive = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    while alive and time.monotonic() < gone_by:
+        time.sleep(0.2)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    assert not alive, f"orphaned: {[(p.pid, p.name()) for p in alive]}"
+
+
 def _signal_rounds(out: Path, rng: random.Random) -> bool:
     """The three signal rounds of the test below; False when a run had written every row before
     its signal was sent (the test's process was held up; the premise of a mid-run signal failed)."""
@@ -368,15 +380,7 @@ def _signal_rounds(out: Path, rng: random.Random) -> bool:
             assert last.startswith("interrupted: ") and last.endswith(
                 f"of {N_SIGNAL} done; re-run the same command to resume"
             ), last
-        # nothing the run started outlives it by more than 10 s (the watchdog covers SIGKILL)
-        gone_by = time.monotonic() + 10
-        alive = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        while alive and time.monotonic() < gone_by:
-            time.sleep(0.2)
-            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        for p in alive:
-            p.kill()
-        assert not alive, f"orphaned: {[(p.pid, p.name()) for p in alive]}"
+        _assert_none_left(started)
     return True
 
 
@@ -430,11 +434,4 @@ def test_a_dead_engine_ends_the_run_with_one_line_and_keeps_its_rows(tmp_path):
     assert lines[-1] == b"" and all(json.loads(ln)["id"] for ln in lines[:-1])
     done = int(ours[0].split("died; ")[1].split(" of ")[0])
     assert 1 <= done == len(lines) - 1 < N_SIGNAL
-    gone_by = time.monotonic() + 10
-    alive = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    while alive and time.monotonic() < gone_by:
-        time.sleep(0.2)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    for p in alive:
-        p.kill()
-    assert not alive, f"orphaned: {[(p.pid, p.name()) for p in alive]}"
+    _assert_none_left(started)
