@@ -184,7 +184,10 @@ def main() -> None:
     ap.add_argument("--paths", default="server,in-process", help="which paths to time (one alone, e.g. to profile "
                     "it: no ratio is printed then)")
     args = ap.parse_args()
-    paths = [{"server": "server", "in-process": "in-process API"}[p] for p in args.paths.split(",")]
+    path_names = {"server": "server", "in-process": "in-process API"}
+    if not args.paths or set(args.paths.split(",")) - set(path_names):
+        ap.error(f"--paths takes server, in-process or both (comma-separated), got {args.paths!r}")
+    paths = [path_names[p] for p in dict.fromkeys(args.paths.split(","))]
     if args.stream_interval is None:
         from reasonexit.server import ServeOptions
 

@@ -328,6 +328,23 @@ def _lines(out: Path) -> list[bytes]:
     return out.read_bytes().split(b"\n") if out.exists() else [b""]
 
 
+def _row_count(out: Path) -> int:
+    """Whole or torn rows written so far."""
+    return len([ln for ln in _lines(out) if ln])
+
+
+def _await_row(proc: subprocess.Popen, out: Path, before: int, started: dict[int, psutil.Process]) -> None:
+    """Wait (at most 240 s) until the run writes a row beyond ``before`` or ends, recording every
+    process it starts in ``started``."""
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 240
+    while _row_count(out) <= before and proc.poll() is None:
+        assert time.monotonic() < deadline, "no row within 240 s"
+        for c in me.children(recursive=True):
+            started.setdefault(c.pid, c)
+        time.sleep(0.1)
+
+
 def _assert_none_left(started: dict[int, psutil.Process]) -> None:
     """Nothing a run started outlives it by more than 10 s (the watchdog covers SIGKILL)."""
     gone_by = time.monotonic() + 10
@@ -344,29 +361,24 @@ def _signal_rounds(out: Path, rng: random.Random) -> bool:
     """The three signal rounds of the test below; False when a run had written every row before
     its signal was sent (the test's process was held up; the premise of a mid-run signal failed)."""
     for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGKILL, -9)):
-        before = len([ln for ln in _lines(out) if ln])
+        before = _row_count(out)
         proc = _start(out)
         me = psutil.Process(proc.pid)
         started: dict[int, psutil.Process] = {}
-        deadline = time.monotonic() + 240
-        while len([ln for ln in _lines(out) if ln]) <= before and proc.poll() is None:
-            assert time.monotonic() < deadline, "no row within 240 s"
-            for c in me.children(recursive=True):
-                started.setdefault(c.pid, c)
-            time.sleep(0.1)
+        _await_row(proc, out, before, started)
         time.sleep(rng.uniform(0.0, 0.5))
         for c in me.children(recursive=True):
             started.setdefault(c.pid, c)
         assert proc.poll() is None, "the run finished before the signal: make it longer"
         assert any("VLLM::" in " ".join(p.cmdline()) for p in started.values() if p.is_running())
-        rows_at_signal = len([ln for ln in _lines(out) if ln])
+        rows_at_signal = _row_count(out)
         signalled = time.monotonic()
         if sig == signal.SIGINT:
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(sig)
         out_text, err = proc.communicate(timeout=90)
-        rows_after = len([ln for ln in _lines(out) if ln])
+        rows_after = _row_count(out)
         if rows_at_signal >= N_SIGNAL and proc.returncode == 0:
             return False
         assert proc.returncode == code, (
@@ -412,12 +424,7 @@ def test_a_dead_engine_ends_the_run_with_one_line_and_keeps_its_rows(tmp_path):
     proc = _start(out)
     me = psutil.Process(proc.pid)
     started: dict[int, psutil.Process] = {}
-    deadline = time.monotonic() + 240
-    while not [ln for ln in _lines(out) if ln] and proc.poll() is None:
-        assert time.monotonic() < deadline, "no row within 240 s"
-        for c in me.children(recursive=True):
-            started.setdefault(c.pid, c)
-        time.sleep(0.1)
+    _await_row(proc, out, 0, started)
     for c in me.children(recursive=True):
         started.setdefault(c.pid, c)
     cores = [p for p in started.values() if p.is_running() and "VLLM::EngineCore" in " ".join(p.cmdline())]
