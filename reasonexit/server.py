@@ -765,23 +765,28 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
         tail = f', "usage": {json.dumps(usage)}' if usage is not None else no_usage
         return f'data: {head}, "choices": {json.dumps(choices)}{tail}}}\n\n'
 
-    # the chunks of text deltas (all but a few of a stream's), rendered by hand: the same bytes as
-    # ``chunk([delta(i, name, text), ...])``, with only the text going through the JSON encoder
+    # The chunks of text deltas (all but a few of a stream's) are rendered by hand: the same bytes as
+    # ``chunk([{"index": i, "delta": {...}, "finish_reason": None}])``, with only the text going
+    # through the JSON encoder. One entry per choice index in every chunk, as OpenAI's and vLLM's
+    # servers send: a step whose text spans the end of the thinking carries both fields in one delta
+    # (clients read ``choices[0]``, or merge entries by index, and would lose a second entry's text).
     keys = {name: json.dumps(name) for name in (("reasoning_content", "content") if chat else ())}
 
     def text_chunk(i: int, pieces: list[tuple[str, str]]) -> str:
         if chat:
-            items = [
-                f'{{"index": {i}, "delta": {{{keys[n]}: {json.dumps(t)}}}, "finish_reason": null}}' for n, t in pieces
-            ]
+            fields = ", ".join(f"{keys[n]}: {json.dumps(t)}" for n, t in pieces)
+            item = f'{{"index": {i}, "delta": {{{fields}}}, "finish_reason": null}}'
         else:
-            items = [f'{{"index": {i}, "text": {json.dumps(t)}, "finish_reason": null}}' for _, t in pieces]
-        return f'data: {head}, "choices": [{", ".join(items)}]{no_usage}}}\n\n'
+            item = f'{{"index": {i}, "text": {json.dumps("".join(t for _, t in pieces))}, "finish_reason": null}}'
+        return f'data: {head}, "choices": [{item}]{no_usage}}}\n\n'
 
-    def delta(i: int, name: str, text: str, finish: str | None = None) -> dict[str, Any]:
+    def last_chunk(i: int, pieces: list[tuple[str, str]], finish: str) -> str:
+        """A choice's closing chunk: what remains of its text, and its finish reason."""
         if chat:
-            return {"index": i, "delta": {name: text} if name else {}, "finish_reason": finish}
-        return {"index": i, "text": text, "finish_reason": finish}
+            item = {"index": i, "delta": dict(pieces), "finish_reason": finish}
+        else:
+            item = {"index": i, "text": "".join(t for _, t in pieces), "finish_reason": finish}
+        return chunk([item])
 
     total = len(call.prompts) * call.n
     if chat:
@@ -860,8 +865,7 @@ async def _sse(call: _Call, rid: str, created: int, chat: bool, session: EngineS
     record(results)
     tail = []  # the closing events go out in one write (each write is a send on the socket)
     for i, r in enumerate(results):
-        tail.extend(chunk([delta(i, name, text)]) for name, text in texts[i].finish(r))
-        tail.append(chunk([delta(i, "", "", _finish_reason(r, session, call.stop))]))
+        tail.append(last_chunk(i, texts[i].finish(r), _finish_reason(r, session, call.stop)))
     if call.include_usage:
         tail.append(chunk([], _usage(call, results)))
     tail.append("data: [DONE]\n\n")
@@ -893,6 +897,7 @@ def serve(
     # model thread preempted mid-step stalls the others at the next barrier: the front end keeps
     # vLLM's spare core (see README, Serving). The user's --cpu-cores still wins.
     reserve_spare_core()
+    session.serving = True  # vLLM's server defaults (step token budget), as `vllm serve` has
     session.start()
     # Served on the engine's own loop: HTTP handling, controllers and token streams share one
     # event loop, so no token crosses threads on its way to the client.
