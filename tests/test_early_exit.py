@@ -65,10 +65,10 @@ def test_exit_reasons_are_the_row_strings():
 
 
 def test_auto_mode_is_sequential_on_cpu_and_parallel_on_gpu_or_with_checks_elsewhere(session):
-    from reasonexit.engine import _cuda_available
+    from reasonexit.device import on_gpu
     from reasonexit.methods.early_exit import resolve_mode
 
-    assert resolve_mode("auto") == ("parallel" if _cuda_available() else "sequential")
+    assert resolve_mode("auto") == ("parallel" if on_gpu() else "sequential")
     assert resolve_mode("auto", checks_elsewhere=True) == "parallel"
     assert resolve_mode("parallel") == "parallel" and resolve_mode("sequential") == "sequential"
     assert resolve_mode("sequential", checks_elsewhere=True) == "sequential"

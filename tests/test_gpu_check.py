@@ -19,19 +19,23 @@ ROOT = Path(__file__).resolve().parents[1]
 VLLM_IMPORT_WARNING = re.compile(r"site-packages/(vllm|torch)/.*torch\.distributed\.reduce_op")
 
 
-def test_gpu_check_runs_every_method_with_parser_markers_and_no_deprecation():
+def test_gpu_check_runs_every_method_and_no_deprecation():
+    """As a GPU owner runs it first: no --reasoning-parser (which imported vLLM early and so hid a
+    CUDA probe before the engine start), every method, the rule's cost and the verifier engine."""
     # vLLM logging at WARNING (reasonexit is quiet by default), so a deprecation warning would show
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")} | {"VLLM_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.run(
-        [sys.executable, "scripts/gpu_check.py", "--dtype", "float32", "--limit", "2", "--max-tokens", "96",
-         "--reasoning-parser", "deepseek_r1"],
+        [sys.executable, "scripts/gpu_check.py", "--dtype", "float32", "--limit", "2", "--max-tokens", "96"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
-    assert "model runner: v1" in out
+    assert "== model runner v1 (VLLM_USE_V2_MODEL_RUNNER=0)" in out and "model runner: v1" in out
     assert " WARNING " in out  # vLLM's own log is back when the user asks for it (quiet by default)
-    assert "markers from vLLM reasoning parser 'deepseek_r1'" in out
+    assert re.search(r"v1: per-step rule cost: budget \(impl=reasonexit\) decoded \d+ tok/s vs vanilla \d+ tok/s "
+                     r"\(x[\d.]+\), same tokens: True", out), out[-3000:]  # fmt: skip
+    assert "v1: flashthink verifier: trained on its own engine" in out
+    assert "gpu_check: every method ran on v1" in out
     from reasonexit.methods import _BUILTIN  # not method_names(): other test modules register test-only methods
 
     for name in _BUILTIN:

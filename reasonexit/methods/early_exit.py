@@ -44,13 +44,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from .. import device
 from ..errors import UserError
 from ..thinking import ThinkingTracker, closing_ids
 from .base import Context, Method, Outcome
@@ -140,17 +140,10 @@ def validate_limits(max_checks: int, budget_ratio: float, option: str = "--max-c
         raise UserError("--budget-ratio must be in (0, 1]")
 
 
-@functools.cache
-def _on_gpu() -> bool:
-    from ..engine import _cuda_available
-
-    return _cuda_available()
-
-
 def resolve_mode(mode: Mode, checks_elsewhere: bool = False) -> Literal["sequential", "parallel"]:
     """``auto`` becomes ``parallel`` on GPU or when the checks run elsewhere, else ``sequential``."""
     if mode == "auto":
-        return "parallel" if _on_gpu() or checks_elsewhere else "sequential"
+        return "parallel" if device.on_gpu() or checks_elsewhere else "sequential"
     return mode
 
 

@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import device
 from ..engine import (
     DEFAULT_MODEL,
     EngineConfig,
@@ -128,8 +129,17 @@ class FlashThinkParams:
         },
     )
     verifier_gpu_memory_utilization: float = field(
-        default=0.2, metadata={"help": "GPU memory share of the verifier engine (lower the main engine's to fit)"}
+        default=0.2,
+        metadata={
+            "help": "GPU memory share of the verifier engine; on the main engine's GPU the main engine's default "
+            "share is lowered by it"
+        },
     )
+    verifier_gpu_devices: str | None = field(
+        default=None,
+        metadata={"help": "GPU only: the devices the verifier engine runs on (CUDA_VISIBLE_DEVICES, e.g. 1); "
+                  "default: the main engine's"},
+    )  # fmt: skip
     judge_prompt: str | None = field(
         default=None,
         metadata={"help": "judging question after the reasoning (default: the trained verifier's, else the built-in)"},
@@ -435,6 +445,28 @@ class _FlashThinkHooks:
         )
 
 
+def verifier_engine_config(main: EngineSession, p: FlashThinkParams, path: str) -> EngineConfig:
+    """The engine settings of a verifier (``model``, ``trained``) beside the reasoning model's engine
+    ``main``: its own KV cache and spare CPU core on CPU; on GPU its own memory share, on the main
+    engine's GPU unless ``verifier_gpu_devices`` names others (one line if the shares cannot fit)."""
+    cfg = main.config
+    if p.verifier_gpu_devices is None and main.gpu_memory_utilization is not None:
+        device.check_second_share(main.gpu_memory_utilization, p.verifier_gpu_memory_utilization)
+    return EngineConfig(
+        model=path,
+        dtype=cfg.dtype,
+        max_model_len=main.max_model_len,
+        kv_cache_gib=p.verifier_kv_cache_gib,
+        gpu_memory_utilization=p.verifier_gpu_memory_utilization,
+        gpu_devices=p.verifier_gpu_devices if p.verifier_gpu_devices is not None else cfg.gpu_devices,
+        seed=cfg.seed,
+        max_num_seqs=cfg.max_num_seqs,
+        trust_remote_code=cfg.trust_remote_code,
+        cpu_cores=p.verifier_cpu_cores or spare_cpu_core(main),
+        no_thinking=True,
+    )
+
+
 @register
 class FlashThink(EarlyExitMethod):
     """Exit thinking after a chunk once a verifier says the reasoning is enough (FlashThink)."""
@@ -448,7 +480,15 @@ class FlashThink(EarlyExitMethod):
         self._verifiers: dict[int, Verifier] = {}
         self._lock: asyncio.Lock | None = None
         if self.params.verifier in ("auto", "model", "trained"):
-            reserve_spare_core()  # a verifier engine may start: main engines started later leave it a core
+            # a verifier engine may start: main engines started later leave it a core (CPU), or its
+            # memory share when it shares their GPU
+            reserve_spare_core()
+            if self.params.verifier_gpu_devices is None:
+                # (on an engine it can run on: a reasoning model's, not a verifier's own)
+                device.reserve_gpu_share(
+                    self.params.verifier_gpu_memory_utilization,
+                    lambda s: s.markers.has_thinking and self.verifier_kind(s) in ("model", "trained"),
+                )
 
     def hooks(self, ctx: Context) -> _FlashThinkHooks:
         """Chunk delimiters as the boundary, the verifier as the judge."""
@@ -522,19 +562,7 @@ class FlashThink(EarlyExitMethod):
             judge = _trained_judge_prompt(path)
         if judge is None:
             judge = DEFAULT_JUDGE_PROMPT
-        cfg = main.config
-        config = EngineConfig(
-            model=path,
-            dtype=cfg.dtype,
-            max_model_len=main.max_model_len,
-            kv_cache_gib=p.verifier_kv_cache_gib,
-            gpu_memory_utilization=p.verifier_gpu_memory_utilization,
-            seed=cfg.seed,
-            max_num_seqs=cfg.max_num_seqs,
-            trust_remote_code=cfg.trust_remote_code,
-            cpu_cores=p.verifier_cpu_cores or spare_cpu_core(main),
-            no_thinking=True,
-        )
+        config = verifier_engine_config(main, p, path)
         loop = asyncio.get_running_loop()
         # Loading a tokenizer and starting an engine block: do it off the engine loop.
         session = await loop.run_in_executor(None, lambda: get_session(config, name="verifier"))

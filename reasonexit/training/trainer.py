@@ -17,14 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import device
 from ..errors import UserError
 from .config import TrainRecipe
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def load_training_problems(recipe: TrainRecipe) -> list[Any]:
@@ -45,7 +40,7 @@ def load_training_problems(recipe: TrainRecipe) -> list[Any]:
 
 def grpo_config_kwargs(recipe: TrainRecipe, output_dir: str, max_steps: int | None = None) -> dict[str, Any]:
     """``GRPOConfig`` keyword arguments: the recipe's ``training`` section over S-GRPO-aware defaults."""
-    on_gpu = _cuda()
+    on_gpu = device.on_gpu()
     gen = recipe.generation
     use_vllm = gen.backend == "vllm" or (gen.backend == "auto" and on_gpu)
     kwargs: dict[str, Any] = {
@@ -184,13 +179,13 @@ def build_trainer(
     except (TypeError, ValueError) as exc:
         raise UserError(f"{recipe.source}: invalid training settings: {str(exc).strip().splitlines()[0]}") from None
 
-    dtype = torch.bfloat16 if args.bf16 and _cuda() else (torch.float16 if args.fp16 else torch.float32)
+    dtype = torch.bfloat16 if args.bf16 and device.on_gpu() else (torch.float16 if args.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(recipe.model, dtype=dtype)
     callbacks = _Callbacks.make(out, recipe.time_limit_minutes, quiet)
     generate = None
     backend = recipe.generation.backend
     if backend == "auto":  # TRL's vLLM on GPU; on CPU the rollout's own vLLM (measured 2.5-5x faster than generate)
-        backend = "vllm" if _cuda() else "vllm-cpu"
+        backend = "vllm" if device.on_gpu() else "vllm-cpu"
     if backend == "vllm-cpu":
         max_len = recipe.generation.vllm_max_model_len or getattr(model.config, "max_position_embeddings", 4096)
         generate = LocalVLLMGenerate(recipe.model, int(max_len), seed=args.seed)
