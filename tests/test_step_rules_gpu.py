@@ -6,6 +6,7 @@
 * Model Runner V2: vLLM's real ``RequestState`` and ``Sampler`` (their pinned-memory buffers
   fall back to plain CPU memory when vLLM is told UVA is unavailable), with the device tensors
   swapped for tensors that count every read the host makes of them.
+* Speculative decoding: an ngram speculative config (no draft model), built as vLLM builds it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from vllm.v1.sample.logits_processor import LogitsProcessors
 from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
 
 from reasonexit import step_rules
+from reasonexit.engine import DEFAULT_MODEL, EngineConfig, EngineSession
+from reasonexit.errors import UserError
 from reasonexit.step_rules.budget import BudgetRule, budget_args
 from reasonexit.step_rules.vllm_v1 import ThinkingBudgetV1
 from reasonexit.step_rules.vllm_v2 import ThinkingBudgetV2
@@ -270,3 +273,38 @@ def test_v2_adapter_leaves_speculative_rows_alone_instead_of_raising(caplog):
         logits = torch.zeros(3, VOCAB)
         assert torch.equal(proc.apply(logits, ctx), torch.zeros(3, VOCAB))
     assert sum("speculative decoding" in r.getMessage() for r in caplog.records) == 1
+
+
+# ---------------------------------------------------------------- speculative decoding at start
+NGRAM = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3, "prompt_lookup_min": 2}
+
+
+def test_speculative_config_with_a_rule_is_refused_in_one_line():
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    args = AsyncEngineArgs(model=str(DEFAULT_MODEL), max_model_len=512, speculative_config=NGRAM)
+    config = args.create_engine_config()
+    assert config.speculative_config is not None
+    with pytest.raises(UserError) as err:
+        step_rules.check_engine_supports(config, ["budget"])
+    assert "\n" not in str(err.value) and "speculative decoding" in str(err.value) and "budget" in str(err.value)
+    step_rules.check_engine_supports(config, [])  # no rule: vLLM's own business
+    plain = AsyncEngineArgs(model=str(DEFAULT_MODEL), max_model_len=512).create_engine_config()
+    step_rules.check_engine_supports(plain, ["budget"])
+
+
+def test_engine_start_with_speculative_decoding_and_a_rule_stops_with_the_line():
+    config = EngineConfig(
+        model=DEFAULT_MODEL,
+        dtype="float32",
+        max_model_len=512,
+        step_rules=("budget",),
+        engine_args={"speculative_config": NGRAM},
+    )
+    session = EngineSession(config)
+    try:
+        with pytest.raises(UserError, match="cannot run with speculative decoding"):
+            session.start()
+        assert not session.started
+    finally:
+        session.close()

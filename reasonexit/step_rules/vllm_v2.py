@@ -24,8 +24,9 @@ What the adapter costs per step:
   else asked for it (see :meth:`V2RuleProcessor.add_request`).
 
 vLLM's own ``thinking_token_budget`` works without host reads. Speculative decoding (several
-logits rows per request) is not supported; should such a batch reach the adapter, it leaves the
-logits unchanged and logs once (raising there would kill the engine and every request in it).
+logits rows per request) is refused at engine start
+(:func:`reasonexit.step_rules.check_engine_supports`); should such a batch reach the adapter
+anyway, it leaves the logits unchanged and logs once.
 """
 
 from __future__ import annotations
