@@ -446,6 +446,7 @@ class EngineSession:
                 # the adapters for that runner, and only the rules something in this process needs.
                 v2 = bool(vllm_config.use_v2_model_runner)
                 rules = step_rules.required() | set(cfg.step_rules)
+                step_rules.check_engine_supports(vllm_config, rules)
                 vllm_config.model_config.logits_processors = step_rules.processors_for(rules, v2) or None
                 engine = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
         except UserError:

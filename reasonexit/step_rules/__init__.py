@@ -11,11 +11,13 @@ thin adapter for each interface (:mod:`.vllm_v1`, :mod:`.vllm_v2`).
 The engine registers, for the runner it actually uses, only the rules that some method in the
 process needs (:func:`require`, called when a method is built) or that its config names.
 Requests switch a rule on through ``SamplingParams.extra_args``; others pay nothing.
+:func:`check_engine_supports` refuses, before the engine starts, configs the rules cannot run on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from ..errors import UserError
 
@@ -51,3 +53,22 @@ def processors_for(names: Iterable[str], v2_runner: bool) -> list[str]:
             raise UserError(f"unknown per-step rule {name!r}; known: {', '.join(sorted(RULES))}")
         out.append(RULES[name][1 if v2_runner else 0])
     return out
+
+
+def check_engine_supports(vllm_config: Any, names: Iterable[str]) -> None:
+    """Raise a one-line :class:`UserError` when an engine config cannot run the per-step rules ``names``.
+
+    Speculative decoding is refused: Model Runner V2 hands processors one logits row per draft
+    token, which the rules do not handle, and the V1 runner refuses custom logits processors with a
+    ValueError inside the engine process. Called with the engine's config before the engine starts.
+    """
+    names = sorted(set(names))
+    spec = getattr(vllm_config, "speculative_config", None)
+    if not names or spec is None:
+        return
+    method = getattr(spec, "method", None) or "speculative decoding"
+    raise UserError(
+        f"per-step rule {', '.join(names)} cannot run with speculative decoding (speculative_config "
+        f"method {method!r}): drop the speculative config, or use a method without per-step rules "
+        '(for budget: impl="vllm")'
+    )

@@ -54,8 +54,8 @@ def force_tokens(logits: Any, rows: Sequence[int], tokens: Sequence[int]) -> Any
         return logits
     import torch  # here, not at import: this module stays importable without torch
 
-    r = torch.tensor(list(rows), dtype=torch.long, device=logits.device)
-    t = torch.tensor(list(tokens), dtype=torch.long, device=logits.device)
+    rt = torch.tensor([list(rows), list(tokens)], dtype=torch.long).to(logits.device, non_blocking=True)
+    r, t = rt[0], rt[1]  # one host-to-device copy for both
     logits[r] = float("-inf")
     logits[r, t] = 0.0
     return logits

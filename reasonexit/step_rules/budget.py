@@ -85,7 +85,10 @@ class BudgetRule(StepRule):
             self.done = True
             return None
         tracker = self.tracker
-        tracker.feed_many(output[tracker.n :])  # only the tokens committed since the last step
+        end = len(output)
+        while end > tracker.n and output[end - 1] < 0:
+            end -= 1  # a runner's placeholder for a token in flight: read it once it is filled in
+        tracker.feed_many(output[tracker.n : end])  # only the tokens committed since the last step
         if tracker.closed:
             self.done = True  # the model closed thinking by itself
             return None
