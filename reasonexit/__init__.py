@@ -20,8 +20,8 @@ freeze_gc_at_exit_in_engine_processes()
 
 if TYPE_CHECKING:
     from .api import agenerate, evaluate, generate
-    from .engine import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
-    from .results import Result
+    from .engine.session import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+    from .runs.results import Result
 
 __version__ = "0.1.0"
 

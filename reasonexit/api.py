@@ -16,11 +16,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .engine import EngineConfig, EngineSession, get_session
+from .engine.session import EngineConfig, EngineSession, get_session
 from .errors import Interrupted, ProblemFailed, RunStopped, UserError, is_engine_dead, one_line
 from .methods.base import Decoding, Method, make_method
-from .results import Result
-from .runner import Job, RunWriter, check_run_file, done_ids, latest_rows, read_run, solve_all
+from .runs.results import Result
+from .runs.runner import Job, RunWriter, check_run_file, done_ids, latest_rows, read_run, solve_all
 
 Prompt = str | Sequence[dict[str, str]]
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 from .errors import Interrupted, RunStopped, UserError
 
 if TYPE_CHECKING:
-    from .engine import EngineConfig
-    from .eval_options import EvalOptions
+    from .engine.session import EngineConfig
     from .methods.base import Decoding
+    from .runs.options import EvalOptions
 
 EXIT_USER_ERROR = 2
 
@@ -31,10 +31,10 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
     ``method_help`` names methods whose options are listed in ``--help`` (the method given with
     ``--method`` and any ``--inner`` one); method options themselves are parsed by the method.
     """
-    from .engine import EngineConfig
-    from .eval_options import EvalOptions
+    from .engine.session import EngineConfig
     from .methods.base import Decoding
     from .options import add_arguments
+    from .runs.options import EvalOptions
 
     p = sub.add_parser(
         "eval",
@@ -68,10 +68,10 @@ def _add_method_groups(p: argparse.ArgumentParser, method_help: tuple[str, ...])
 
 def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The ``serve`` parser: server flags, then the decoding and engine flags of ``eval``."""
-    from .engine import EngineConfig
+    from .engine.session import EngineConfig
     from .methods.base import Decoding
     from .options import add_arguments
-    from .server import ServeOptions
+    from .serve.app import ServeOptions
 
     p = sub.add_parser(
         "serve",
@@ -180,7 +180,7 @@ def _check_engine_options(config: EngineConfig) -> None:
     if config.gpu_memory_utilization is not None and not 0 < config.gpu_memory_utilization <= 1:
         raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {config.gpu_memory_utilization}")
     if config.max_model_len is not None and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
-        from .engine import _config_context_length
+        from .engine.session import _config_context_length
 
         limit = _config_context_length(config)
         if config.max_model_len > limit:
@@ -195,10 +195,10 @@ def _eval_settings(args: argparse.Namespace) -> tuple[EvalOptions, Decoding, Eng
 
     A ``--preset`` fills in the decoding settings of its model family; flags given explicitly win.
     """
-    from .engine import EngineConfig
-    from .eval_options import PRESETS, EvalOptions
+    from .engine.session import EngineConfig
     from .methods.base import Decoding
     from .options import collect
+    from .runs.options import PRESETS, EvalOptions
 
     values = vars(args)
     run = EvalOptions(**collect(EvalOptions, values))
@@ -217,11 +217,11 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     appears with its first row.
     """
     from .api import check_decoding, default_run_path, evaluate, run_signature
-    from .datasets import load_problems
-    from .engine import get_session
+    from .data.datasets import load_problems
+    from .engine.session import get_session
     from .methods.base import make_method
-    from .report import markdown_table, plot_accuracy_vs_tokens, summarize
-    from .runner import check_run_file
+    from .runs.report import markdown_table, plot_accuracy_vs_tokens, summarize
+    from .runs.runner import check_run_file
 
     run, decoding, config = _eval_settings(args)
     method = make_method(run.method, _method_options(extra))
@@ -291,10 +291,10 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     """``reasonexit serve``: check the settings, start the engine, serve until interrupted."""
     from . import step_rules
-    from .engine import EngineConfig, get_session
+    from .engine.session import EngineConfig, get_session
     from .methods.base import Decoding, make_method
     from .options import collect
-    from .server import ServeOptions, serve
+    from .serve.app import ServeOptions, serve
 
     values = vars(args)
     options = ServeOptions(**collect(ServeOptions, values))
@@ -323,7 +323,7 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """``reasonexit report``: side-by-side table of run files and a plot."""
-    from .report import report
+    from .runs.report import report
 
     table, png = report(args.runs, args.plot or None)
     print(table)
@@ -405,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     finally:
-        if as_command and "reasonexit.engine" in sys.modules:
-            from .engine import close_all_sessions
+        if as_command and "reasonexit.engine.session" in sys.modules:
+            from .engine.session import close_all_sessions
 
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reasonexit.bench import add_bench_args, open_bench, run_config
+from reasonexit.runs.bench import add_bench_args, open_bench, run_config
 
 
 def main() -> int:
@@ -24,7 +24,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from reasonexit.methods import make_method
-    from reasonexit.report import markdown_table
+    from reasonexit.runs.report import markdown_table
 
     # Build every method before the engine starts, so it registers the per-step rules they need.
     configs = [("vanilla", make_method("vanilla"))]

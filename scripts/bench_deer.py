@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reasonexit.bench import add_bench_args, open_bench, run_config
+from reasonexit.runs.bench import add_bench_args, open_bench, run_config
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from reasonexit.methods import make_method
-    from reasonexit.report import markdown_table, plot_accuracy_vs_tokens
+    from reasonexit.runs.report import markdown_table, plot_accuracy_vs_tokens
 
     def deer(threshold: float, mode: str = "parallel"):
         opts = {

@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from reasonexit.bench import add_bench_args, open_bench  # noqa: E402
-from reasonexit.engine import DEFAULT_MODEL  # noqa: E402
+from reasonexit.engine.session import DEFAULT_MODEL  # noqa: E402
+from reasonexit.runs.bench import add_bench_args, open_bench  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -79,10 +79,10 @@ def interactive(session: Any, jobs: list, decoding: Any, configs: list[tuple[str
     """One problem in flight at a time, the methods alternating problem by problem (and which goes
     first), so a shared machine's changing load weighs on all of them alike. Wall time = the sum of
     the problems' times to answer."""
-    from reasonexit.bench import BenchRun
     from reasonexit.methods import make_method
-    from reasonexit.report import summarize
-    from reasonexit.runner import solve_all
+    from reasonexit.runs.bench import BenchRun
+    from reasonexit.runs.report import summarize
+    from reasonexit.runs.runner import solve_all
 
     methods = [(label, make_method(name, opts)) for label, name, opts in configs]
     rows: dict[str, list[dict[str, Any]]] = {label: [] for label, _ in methods}
@@ -110,10 +110,10 @@ def save_rows(save: Path | None, res: Any, case: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables and checks."""
     args = parse_args(argv)
-    from reasonexit.bench import run_config
     from reasonexit.methods import make_method, method_names
     from reasonexit.methods.base import Decoding
-    from reasonexit.report import markdown_table
+    from reasonexit.runs.bench import run_config
+    from reasonexit.runs.report import markdown_table
 
     # The engine prefills whole prompts on CPU (vLLM's CPU worker cannot rewind the generator of a
     # seeded request whose prompt was split over steps), so seeded samples are safe here.

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reasonexit.bench import add_bench_args, open_bench, run_config
+from reasonexit.runs.bench import add_bench_args, open_bench, run_config
 
 
 def main() -> int:
@@ -32,7 +32,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from reasonexit.methods import make_method
-    from reasonexit.report import markdown_table, plot_accuracy_vs_tokens
+    from reasonexit.runs.report import markdown_table, plot_accuracy_vs_tokens
 
     def flash(verifier: str, threshold: float, mode: str = "auto"):
         opts = {"verifier": verifier, "threshold": threshold, "mode": mode}

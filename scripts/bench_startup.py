@@ -26,12 +26,12 @@ def main() -> int:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    from reasonexit.bench import jobs_for
-    from reasonexit.datasets import load_problems
-    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
+    from reasonexit.data.datasets import load_problems
+    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
     from reasonexit.methods.base import Decoding
-    from reasonexit.runner import solve_all
+    from reasonexit.runs.bench import jobs_for
+    from reasonexit.runs.runner import solve_all
 
     session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL))  # the main job's defaults
     jobs = jobs_for(session, load_problems("synthetic", limit=args.limit))

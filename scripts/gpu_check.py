@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runner:
         return _one_runner(args)
 
-    from reasonexit import device
+    from reasonexit.engine import platform as device
 
     runners = args.runners.split(",") if args.runners else (["v2", "v1"] if device.on_gpu() else ["v1"])
     if any(r not in ("v1", "v2") for r in runners):
@@ -123,14 +123,14 @@ def _verdict(reports: dict[str, dict[str, Any]]) -> int:
 
 def _one_runner(args: argparse.Namespace) -> int:
     """Every method on one engine (this process's runner); the report as a line of stdout."""
-    from reasonexit.bench import jobs_for
-    from reasonexit.datasets import load_problems
-    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
+    from reasonexit.data.datasets import load_problems
+    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.errors import UserError
     from reasonexit.methods import make_method, method_names
     from reasonexit.methods.base import Decoding
-    from reasonexit.report import markdown_table, summarize
-    from reasonexit.runner import solve_all
+    from reasonexit.runs.bench import jobs_for
+    from reasonexit.runs.report import markdown_table, summarize
+    from reasonexit.runs.runner import solve_all
 
     try:
         # Every method is built before the engine starts, so the engine registers their per-step

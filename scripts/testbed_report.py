@@ -26,13 +26,13 @@ def main() -> int:
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
 
-    from reasonexit.bench import jobs_for
-    from reasonexit.datasets import load_problems
-    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
+    from reasonexit.data.datasets import load_problems
+    from reasonexit.data.synthetic import count_rechecks, first_answer_position
+    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
     from reasonexit.methods.base import Decoding
-    from reasonexit.runner import solve_all
-    from reasonexit.synthetic import count_rechecks, first_answer_position
+    from reasonexit.runs.bench import jobs_for
+    from reasonexit.runs.runner import solve_all
 
     model = args.model or DEFAULT_MODEL
     session = get_session(EngineConfig(model=model, dtype=args.dtype, max_model_len=2048))

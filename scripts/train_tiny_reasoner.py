@@ -3,7 +3,7 @@
 
 The result is a Qwen3-architecture checkpoint of a few million parameters with its own byte-level
 BPE tokenizer, trained with TRL's ``SFTTrainer`` on synthetic arithmetic traces from
-:mod:`reasonexit.synthetic`. It learns to think inside ``<think> ... </think>``, to reach an
+:mod:`reasonexit.data.synthetic`. It learns to think inside ``<think> ... </think>``, to reach an
 answer, to keep re-checking it with "Wait" / "Hmm" / "Alternatively" passages (overthinking),
 and to close with a ``\\boxed{N}`` answer. vLLM serves it natively.
 
@@ -37,8 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from reasonexit.prompts import format_prompt  # noqa: E402
-from reasonexit.synthetic import completion_text, generate_problems, make_trace  # noqa: E402
+from reasonexit.data.prompts import format_prompt  # noqa: E402
+from reasonexit.data.synthetic import completion_text, generate_problems, make_trace  # noqa: E402
 
 # Qwen2/Qwen3 pre-tokenizer split: words with an optional leading non-letter, single digits,
 # punctuation runs with their trailing newlines, newline runs ("\n\n" stays one piece).
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
     meta = {
-        "description": "Tiny Qwen3 reasoning testbed model trained from scratch on reasonexit.synthetic traces.",
+        "description": "Tiny Qwen3 reasoning testbed model trained from scratch on reasonexit.data.synthetic traces.",
         "command": "python scripts/train_tiny_reasoner.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
         "init_from": str(args.init_from) if args.init_from else None,

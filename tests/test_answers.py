@@ -1,4 +1,4 @@
-"""Tests for answer extraction and grading (reasonexit.answers)."""
+"""Tests for answer extraction and grading (reasonexit.data.answers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reasonexit.answers import extract_answer, extract_gold, grade, normalize_answer
+from reasonexit.data.answers import extract_answer, extract_gold, grade, normalize_answer
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
 needs_bench = pytest.mark.skipif(
@@ -259,7 +259,7 @@ def test_math500_grading_is_not_trivially_true() -> None:
 @needs_bench
 def test_math500_golds_are_equivalent_under_math_verify() -> None:
     """The symbolic path alone (no string shortcut) agrees on a sample of LaTeX golds."""
-    from reasonexit.answers import _math_verify_equal
+    from reasonexit.data.answers import _math_verify_equal
 
     rows = [r for r in _rows("math500.jsonl") if "\\frac" in r["answer"] or "\\sqrt" in r["answer"]][:40]
     assert rows

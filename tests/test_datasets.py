@@ -1,4 +1,4 @@
-"""Tests for benchmark loading (reasonexit.datasets), on the real files and on small temp files."""
+"""Tests for benchmark loading (reasonexit.data.datasets), on the real files and on small temp files."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reasonexit.answers import extract_answer, grade
-from reasonexit.datasets import DATASETS, Problem, dataset_names, get_spec, load_problems
+from reasonexit.data.answers import extract_answer, grade
+from reasonexit.data.datasets import DATASETS, Problem, dataset_names, get_spec, load_problems
 from reasonexit.errors import UserError
 
 BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
@@ -284,7 +284,7 @@ def test_problem_is_frozen() -> None:
 
 
 def test_synthetic() -> None:
-    pytest.importorskip("reasonexit.synthetic")
+    pytest.importorskip("reasonexit.data.synthetic")
     problems = load_problems("synthetic", limit=12, synthetic_seed=3)
     assert len(problems) == 12
     assert len({p.id for p in problems}) == 12

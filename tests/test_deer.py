@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from reasonexit import generate
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
 from reasonexit.methods.deer import TransitionMatcher, confidence_of
-from reasonexit.prompts import format_prompt
-from reasonexit.synthetic import generate_problems
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(24, split="test", seed=321)]
 MAX = 1024

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reasonexit.bench import jobs_for
-from reasonexit.datasets import load_problems
+from reasonexit.data.datasets import load_problems
 from reasonexit.methods import Decoding, make_method
-from reasonexit.runner import solve_all
+from reasonexit.runs.bench import jobs_for
+from reasonexit.runs.runner import solve_all
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "deer_reference.json").read_text())
 
@@ -65,7 +65,7 @@ def test_exit_reasons_are_the_row_strings():
 
 
 def test_auto_mode_is_sequential_on_cpu_and_parallel_on_gpu_or_with_checks_elsewhere(session):
-    from reasonexit.device import on_gpu
+    from reasonexit.engine.platform import on_gpu
     from reasonexit.methods.early_exit import resolve_mode
 
     assert resolve_mode("auto") == ("parallel" if on_gpu() else "sequential")

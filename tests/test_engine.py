@@ -10,11 +10,11 @@ import weakref
 import pytest
 
 from reasonexit import generate
-from reasonexit.engine import EngineConfig, Usage
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
+from reasonexit.engine.session import EngineConfig, Usage
 from reasonexit.methods.base import Decoding
-from reasonexit.prompts import format_prompt
-from reasonexit.runner import Job, solve_all
-from reasonexit.synthetic import generate_problems
+from reasonexit.runs.runner import Job, solve_all
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(6, split="test", seed=123)]
 
@@ -157,7 +157,7 @@ def test_prompt_longer_than_context_is_a_user_error(session):
 
 def test_cpu_binding_takes_every_core_of_a_small_machine_only_for_a_lone_engine(monkeypatch):
     """The rule behind a lone CPU engine's thread binding, on pretend machines."""
-    import reasonexit.engine as eng
+    import reasonexit.engine.session as eng
 
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)

@@ -21,10 +21,10 @@ from conftest import CLI_ENGINE_ARGS, TEST_MODEL
 
 from reasonexit import generate
 from reasonexit.cli import main
-from reasonexit.datasets import load_problems
-from reasonexit.engine import Usage
+from reasonexit.data.datasets import load_problems
+from reasonexit.data.grading import agrade, grade_isolated
+from reasonexit.engine.session import Usage
 from reasonexit.errors import UserError
-from reasonexit.grading import agrade, grade_isolated
 from reasonexit.methods.base import Context, Method, Outcome, make_method, register
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,14 +13,14 @@ from dataclasses import dataclass
 import pytest
 
 from reasonexit import generate
-from reasonexit.answers import grade
-from reasonexit.engine import Usage
+from reasonexit.data.answers import grade
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
+from reasonexit.engine.session import Usage
 from reasonexit.errors import UserError
 from reasonexit.methods import make_method
 from reasonexit.methods.base import Context, Decoding, Method, Outcome
 from reasonexit.methods.parallel import ABORTED, FINISHED, LENGTH, Branch, BranchUsage, branch_seed, vote
-from reasonexit.prompts import format_prompt
-from reasonexit.synthetic import generate_problems
 
 PROBLEMS = generate_problems(6, split="test", seed=4242)
 PROMPTS = [format_prompt(p["problem"]) for p in PROBLEMS]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from reasonexit import generate
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
 from reasonexit.methods import make_method
 from reasonexit.methods.flashthink import DEFAULT_JUDGE_PROMPT, _Chunks, score_record
-from reasonexit.prompts import format_prompt
-from reasonexit.synthetic import generate_problems
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(16, split="test", seed=321)]
 MAX = 1024

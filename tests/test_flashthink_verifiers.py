@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from conftest import TEST_MODEL
 
-from reasonexit import engine as engine_mod
 from reasonexit import generate
-from reasonexit.engine import spare_cpu_core
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
+from reasonexit.engine import session as engine_mod
+from reasonexit.engine.session import spare_cpu_core
 from reasonexit.errors import UserError
 from reasonexit.methods import make_method
 from reasonexit.methods.flashthink import TESTBED_VERIFIER, score_record
-from reasonexit.prompts import format_prompt
-from reasonexit.synthetic import generate_problems
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(8, split="test", seed=321)]
 MAX = 1024

@@ -13,10 +13,10 @@ import pytest
 import uvicorn
 
 from reasonexit import generate
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
 from reasonexit.methods.base import Decoding
-from reasonexit.prompts import format_prompt
-from reasonexit.server import create_app, start_server
-from reasonexit.synthetic import generate_problems
+from reasonexit.serve.app import create_app, start_server
 
 KEY = "test-key"
 MAX = 192
@@ -373,7 +373,7 @@ def test_stop_strings_end_the_answer(session, client, method, opts, include):
 def test_stop_string_hold_back():
     """What the stream holds back: the end of the text that may begin a stop string, and nothing
     from a complete one on."""
-    from reasonexit.server import _cut_at_stop, _stop_prefix_start
+    from reasonexit.serve.app import _cut_at_stop, _stop_prefix_start
 
     assert _stop_prefix_start("the answer is \\bo", ["boxed"]) == len("the answer is \\")
     assert _stop_prefix_start("the answer is 4", ["boxed", "\n\n"]) == len("the answer is 4")
@@ -402,7 +402,7 @@ def test_32_concurrent_streaming_clients_get_complete_answers(server, session):
     after the end of thinking), with the same text, tokens and answer as the in-process API."""
     import asyncio
 
-    from reasonexit.answers import extract_answer
+    from reasonexit.data.answers import extract_answer
 
     prompts = [format_prompt(p["problem"]) for p in generate_problems(32, split="test", seed=77)]
     refs = generate(prompts, session=session, max_tokens=600)
@@ -442,7 +442,7 @@ def test_request_methods_are_built_once_per_name_and_options(session):
     import collections
 
     from reasonexit.methods import make_method
-    from reasonexit.server import _request_method
+    from reasonexit.serve.app import _request_method
 
     default = make_method("vanilla")
     cache = collections.OrderedDict()
@@ -461,8 +461,8 @@ def test_request_methods_are_built_once_per_name_and_options(session):
 def test_serve_leaves_the_front_end_a_core_before_the_engine_starts(session, monkeypatch):
     """``serve`` notes, before it starts the engine, that the HTTP front end needs a core, so a CPU
     engine on a small machine leaves vLLM's spare core free instead of taking every core."""
-    import reasonexit.engine as eng
-    from reasonexit.server import ServeOptions, serve
+    import reasonexit.engine.session as eng
+    from reasonexit.serve.app import ServeOptions, serve
 
     monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)  # as in a fresh process
     seen: list[bool] = []

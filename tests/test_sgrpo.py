@@ -299,7 +299,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
-    from reasonexit.prompts import format_prompt
+    from reasonexit.data.prompts import format_prompt
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

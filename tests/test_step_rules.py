@@ -30,11 +30,11 @@ from vllm.v1.worker.gpu.states import RequestState
 
 import reasonexit
 from reasonexit import generate, step_rules
-from reasonexit.prompts import format_prompt
+from reasonexit.data.prompts import format_prompt
+from reasonexit.data.synthetic import generate_problems
 from reasonexit.step_rules.budget import budget_args
 from reasonexit.step_rules.vllm_v1 import V1RuleProcessor
 from reasonexit.step_rules.vllm_v2 import V2RuleProcessor
-from reasonexit.synthetic import generate_problems
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(4, split="test", seed=123)]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reasonexit.synthetic import (
+from reasonexit.data.synthetic import (
     DIFFICULTIES,
     completion_text,
     count_rechecks,

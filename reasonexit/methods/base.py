@@ -1,7 +1,7 @@
 """The method interface: a method is a named set of parameters plus a controller coroutine.
 
 A controller solves one problem: it gets a :class:`Context` (the shared engine session, the
-prompt's token ids, decoding settings, a seed and the problem's :class:`~reasonexit.engine.Usage`
+prompt's token ids, decoding settings, a seed and the problem's :class:`~reasonexit.engine.session.Usage`
 ledger) and returns an :class:`Outcome` (the completion token ids handed to the user, why it
 stopped, and method-specific records). Methods that run other methods inside them (e.g. First
 Finish Search over DEER branches) call the inner method's :meth:`Method.solve` with a
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from .. import step_rules
-from ..engine import Completion, EngineSession, Usage
+from ..engine.session import Completion, EngineSession, Usage
 from ..errors import UserError
 from ..options import convert, opt
 

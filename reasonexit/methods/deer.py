@@ -44,7 +44,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..engine import EngineSession
+from ..engine.session import EngineSession
 from ..errors import UserError
 from ..thinking import find_subsequence
 from .base import Context, register

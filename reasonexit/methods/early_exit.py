@@ -50,13 +50,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .. import device
+from ..engine import platform as device
 from ..errors import UserError
 from ..thinking import ThinkingTracker, closing_ids
 from .base import Context, Method, Outcome
 
 if TYPE_CHECKING:
-    from ..engine import EngineSession
+    from ..engine.session import EngineSession
 
 #: How the trace and its checks share the engine (see the module docstring).
 Mode = Literal["auto", "sequential", "parallel"]

@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .. import device
-from ..engine import (
+from ..engine import platform as device
+from ..engine.session import (
     DEFAULT_MODEL,
     EngineConfig,
     EngineSession,

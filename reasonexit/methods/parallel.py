@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..answers import extract_answer, normalize_answer
-from ..engine import EngineSession, Usage
+from ..data.answers import extract_answer, normalize_answer
+from ..data.grading import agrade
+from ..engine.session import EngineSession, Usage
 from ..errors import UserError
-from ..grading import agrade
 from ..thinking import split_completion
 from .base import Context, Method, Outcome
 

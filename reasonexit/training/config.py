@@ -64,7 +64,7 @@ _OWNED_TRAINING_KEYS = {
 
 @dataclass
 class DatasetSection:
-    """Training problems, loaded like `reasonexit eval --dataset` (reasonexit.datasets.load_problems)."""
+    """Training problems, loaded like `reasonexit eval --dataset` (reasonexit.data.datasets.load_problems)."""
 
     name: str = opt(
         "synthetic",
@@ -317,7 +317,7 @@ def recipe_from_dict(
 
 def _recipe_relative_dataset(name: str, base_dir: Path) -> str:
     """A relative dataset file found beside the recipe, as a path from anywhere; else ``name``."""
-    from ..datasets import LOCAL_SUFFIXES
+    from ..data.datasets import LOCAL_SUFFIXES
 
     path = Path(name).expanduser()
     if path.is_absolute() or path.suffix.lower() not in LOCAL_SUFFIXES:

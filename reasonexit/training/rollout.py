@@ -27,7 +27,7 @@ import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..answers import extract_answer, grade
+from ..data.answers import extract_answer, grade
 from ..thinking import ThinkingMarkers, render_chat, split_completion
 from .sgrpo import GroupMember, build_branch, choose_exit_positions, group_advantages, serial_group_rewards
 
@@ -184,7 +184,7 @@ class LocalVLLMGenerate:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights reachable
             from vllm import LLM
 
-            from ..engine import set_cpu_kv_cache
+            from ..engine.session import set_cpu_kv_cache
 
             set_cpu_kv_cache(None, default=1)  # the rollout engine sits beside the policy being trained
 

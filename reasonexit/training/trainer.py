@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import device
+from ..engine import platform as device
 from ..errors import UserError
 from .config import TrainRecipe
 
 
 def load_training_problems(recipe: TrainRecipe) -> list[Any]:
-    """The recipe's training problems (:class:`reasonexit.datasets.Problem`)."""
-    from ..datasets import load_problems
+    """The recipe's training problems (:class:`reasonexit.data.datasets.Problem`)."""
+    from ..data.datasets import load_problems
 
     ds = recipe.dataset
     return load_problems(

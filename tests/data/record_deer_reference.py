@@ -30,10 +30,10 @@ MODES = {"parallel": False, "sequential": True}
 
 def record(session) -> dict:
     """DEER's exit position, exit reason and answer per problem, in both modes."""
-    from reasonexit.bench import jobs_for
-    from reasonexit.datasets import load_problems
+    from reasonexit.data.datasets import load_problems
     from reasonexit.methods import Decoding, make_method
-    from reasonexit.runner import solve_all
+    from reasonexit.runs.bench import jobs_for
+    from reasonexit.runs.runner import solve_all
 
     jobs = jobs_for(session, load_problems("synthetic", limit=N))
     out: dict = {"n": N, "ids": [j.id for j in jobs], "settings": {}}
@@ -53,7 +53,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE.parent))
     from conftest import TEST_ENGINE
 
-    from reasonexit.engine import get_session
+    from reasonexit.engine.session import get_session
 
     session = get_session(TEST_ENGINE)
     data = record(session)

@@ -28,11 +28,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from . import device, step_rules
-from ._exit import freeze_gc_at_exit
-from .errors import UserError
-from .options import opt
-from .thinking import ThinkingMarkers, detect_markers, render_chat
+from .. import step_rules
+from .._exit import freeze_gc_at_exit
+from ..errors import UserError
+from ..options import opt
+from ..thinking import ThinkingMarkers, detect_markers, render_chat
+from . import platform as device
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def _wait_for(done: Callable[[float], object]) -> None:
         pass
 
 #: The bundled tiny reasoning model (see ``scripts/train_tiny_reasoner.py``).
-DEFAULT_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny_reasoner")
+DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "assets" / "tiny_reasoner")
 
 
 @dataclass

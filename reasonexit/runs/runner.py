@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .engine import EngineSession, Usage
-from .errors import ProblemFailed, UserError, is_engine_dead, one_line
-from .methods.base import Context, Decoding, Method
+from ..engine.session import EngineSession, Usage
+from ..errors import ProblemFailed, UserError, is_engine_dead, one_line
+from ..methods.base import Context, Decoding, Method
 from .results import Result, abuild_result, error_result
 
 T = TypeVar("T")

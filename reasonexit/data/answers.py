@@ -433,7 +433,7 @@ def grade(pred: str | None, gold: str, kind: str = "math") -> bool:
 
     Never raises on strange input: a math_verify failure or timeout counts as "not equivalent by
     math_verify". Safe to call from any thread, but math_verify's timeout only works on the main
-    thread: code running beside the engine grades with :func:`reasonexit.grading.agrade`, which
+    thread: code running beside the engine grades with :func:`reasonexit.data.grading.agrade`, which
     runs this function in a worker process with a real per-call timeout.
     """
     fast = grade_without_math_verify(pred, gold, kind)

@@ -2,7 +2,7 @@
 
 Each field is declared once with its help text; the command line, ``--help`` and the checks come
 from it (see :mod:`reasonexit.options`). Decoding settings are :class:`~reasonexit.methods.base.Decoding`
-and engine settings :class:`~reasonexit.engine.EngineConfig`; a method's own options are its
+and engine settings :class:`~reasonexit.engine.session.EngineConfig`; a method's own options are its
 ``Params``.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UserError
-from .options import opt
+from ..errors import UserError
+from ..options import opt
 
 
 @dataclass
@@ -58,7 +58,7 @@ class EvalOptions:
 #: distills): temperature 0.6, top-p 0.95, up to 32,768 generated tokens, the math prompt
 #: "Please reason step by step, and put your final answer within \\boxed{}." Qwen3 (thinking mode)
 #: and QwQ: temperature 0.6, top-p 0.95, top-k 20, 32,768 tokens. The prompt template is the one
-#: reasonexit uses for math already (:data:`reasonexit.prompts.MATH_TEMPLATE`).
+#: reasonexit uses for math already (:data:`reasonexit.data.prompts.MATH_TEMPLATE`).
 PRESETS: dict[str, dict[str, Any]] = {
     "r1": {"temperature": 0.6, "top_p": 0.95, "max_tokens": 32768},
     "qwen3": {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "max_tokens": 32768},

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .answers import extract_answer, grade
-from .engine import EngineSession, Usage
-from .grading import agrade
-from .methods.base import Outcome
-from .thinking import split_completion
+from ..data.answers import extract_answer, grade
+from ..data.grading import agrade
+from ..engine.session import EngineSession, Usage
+from ..methods.base import Outcome
+from ..thinking import split_completion
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Engine watchdog: makes sure vLLM's engine processes do not outlive the process that started them.
 
-Started by :class:`reasonexit.engine.EngineSession` just before it starts the vLLM engine, in a
+Started by :class:`reasonexit.engine.session.EngineSession` just before it starts the vLLM engine, in a
 session of its own (a Ctrl-C at the terminal does not reach it), and run by path so it starts in
 a few tens of milliseconds (standard library and psutil only). Why it is needed: vLLM 0.32 on
 CPU spawns ``EngineCore`` from the main process and ``Worker`` processes from ``EngineCore``. A

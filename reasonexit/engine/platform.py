@@ -58,7 +58,7 @@ def gpu_share(requested: float | None, session: Any) -> float:
     a second engine on the same GPU needs. Raises :class:`~reasonexit.errors.UserError` (one line)
     when the shares cannot fit on one device: vLLM refuses an engine whose share is more than the
     memory left free."""
-    from .errors import UserError
+    from ..errors import UserError
 
     second = reserved_gpu_share(session)
     share = requested if requested is not None else round(DEFAULT_GPU_SHARE - second, 4)
@@ -74,7 +74,7 @@ def gpu_share(requested: float | None, session: Any) -> float:
 
 def check_second_share(main_share: float, share: float) -> None:
     """One line when a second engine's share does not fit beside a running main engine's."""
-    from .errors import UserError
+    from ..errors import UserError
 
     if main_share + share > 1.0:
         raise UserError(

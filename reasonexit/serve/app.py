@@ -2,7 +2,7 @@
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``,
 ``GET /health`` and ``GET /metrics`` (Prometheus text format). Each request runs as one
-controller (:func:`reasonexit.runner.solve_job`) per choice on the shared engine session, the
+controller (:func:`reasonexit.runs.runner.solve_job`) per choice on the shared engine session, the
 same one the CLI and the Python API use, so ``usage`` is the same honest accounting: ``prompt_tokens``,
 ``completion_tokens`` (what the user gets), plus ``compute_tokens`` (everything decoded: probes,
 branches, discarded continuations) and ``exit_reason``.
@@ -44,13 +44,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .engine import EngineSession, reserve_spare_core
-from .errors import UserError, is_engine_dead, one_line
-from .methods.base import Decoding, Method, make_method
-from .options import opt
-from .results import Result
-from .runner import Job, gather_or_cancel, solve_job
-from .thinking import ThinkingTracker
+from ..engine.session import EngineSession, reserve_spare_core
+from ..errors import UserError, is_engine_dead, one_line
+from ..methods.base import Decoding, Method, make_method
+from ..options import opt
+from ..runs.results import Result
+from ..runs.runner import Job, gather_or_cancel, solve_job
+from ..thinking import ThinkingTracker
 
 log = logging.getLogger(__name__)
 
@@ -423,7 +423,7 @@ def _streams_watch_disconnect(scope: Any) -> bool:
 
 
 def _check_decoding(dec: Decoding) -> None:
-    from .api import check_decoding
+    from ..api import check_decoding
 
     try:
         check_decoding(dec)

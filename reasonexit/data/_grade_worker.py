@@ -1,4 +1,4 @@
-"""A grading worker process (see :mod:`reasonexit.grading`): one JSON request a line in, one verdict out.
+"""A grading worker process (see :mod:`reasonexit.data.grading`): one JSON request a line in, one verdict out.
 
 Run by path, not as ``-m reasonexit...``: importing the package would import vLLM. It loads the
 sibling ``answers.py`` (standard library only) and grades on its main thread, where math_verify's

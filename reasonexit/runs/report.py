@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import UserError
+from ..errors import UserError
 
 SUMMARY_COLUMNS = [
     "run",
@@ -108,7 +108,7 @@ def sample_metrics(df: pd.DataFrame) -> dict[str, Any]:
     """
     import math
 
-    from .answers import grade
+    from ..data.answers import grade
 
     per_problem, pass_k, cons = [], [], []
     k = 0
@@ -159,8 +159,8 @@ def _short_params(params: Any, method: str = "") -> str:
 
 def _defaults(method: str) -> dict[str, Any]:
     """A method's default parameters as stored in result rows ({} for an unknown method)."""
-    from .errors import UserError
-    from .methods.base import make_method
+    from ..errors import UserError
+    from ..methods.base import make_method
 
     try:
         return make_method(method).describe()

@@ -142,7 +142,7 @@ atexit.register(_POOL.close)
 
 
 def grade_isolated(pred: str | None, gold: str | None, kind: str = "math", timeout: float | None = None) -> bool:
-    """:func:`~reasonexit.answers.grade`, with math_verify in a worker process and a hard timeout.
+    """:func:`~reasonexit.data.answers.grade`, with math_verify in a worker process and a hard timeout.
 
     Blocking and thread-safe. A call that times out grades False (the answer was not shown
     equivalent).

@@ -7,11 +7,11 @@
 - a path to a ``.jsonl`` / ``.json`` / ``.parquet`` file loads it through the same library. A file
   named like a known set (``gsm8k_test.jsonl``, ``math500.jsonl``, ``gpqa_diamond.jsonl`` ...) uses
   that set's column mapping and answer kind; otherwise the columns are guessed from common names;
-- ``synthetic`` generates problems offline with :mod:`reasonexit.synthetic`.
+- ``synthetic`` generates problems offline with :mod:`reasonexit.data.synthetic`.
 
-Every problem carries its normalised gold answer (:func:`reasonexit.answers.extract_gold`), its
-answer kind (how :func:`reasonexit.answers.grade` compares answers) and the formatted user message
-(:func:`reasonexit.prompts.format_prompt`).
+Every problem carries its normalised gold answer (:func:`reasonexit.data.answers.extract_gold`), its
+answer kind (how :func:`reasonexit.data.answers.grade` compares answers) and the formatted user message
+(:func:`reasonexit.data.prompts.format_prompt`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from reasonexit.answers import extract_answer, extract_gold
-from reasonexit.errors import UserError
-from reasonexit.prompts import format_prompt
+from ..errors import UserError
+from .answers import extract_answer, extract_gold
+from .prompts import format_prompt
 
 __all__ = [
     "DATASETS",
@@ -53,7 +53,7 @@ class Problem:
 
     ``problem`` is the raw problem text, ``prompt`` the formatted user message (without any chat
     template), ``gold`` the normalised gold answer, ``kind`` the answer kind for
-    :func:`reasonexit.answers.grade` and ``meta`` extra per-row information (subject, level,
+    :func:`reasonexit.data.answers.grade` and ``meta`` extra per-row information (subject, level,
     difficulty, url ...). ``meta`` does not take part in equality or hashing.
     """
 
@@ -197,7 +197,7 @@ DATASETS: dict[str, DatasetSpec] = {
             id_fields=("id",),
             kind="math",
             prompt_style="math",
-            description="built-in offline arithmetic problems (reasonexit.synthetic)",
+            description="built-in offline arithmetic problems (reasonexit.data.synthetic)",
         ),
     )
 }
@@ -568,7 +568,7 @@ def _rows_to_problems(
 
 def _load_synthetic(limit: int | None, split: str | None, seed: int, difficulty: int | None) -> list[Problem]:
     try:
-        from reasonexit.synthetic import generate_problems
+        from .synthetic import generate_problems
     except ImportError as exc:  # pragma: no cover - part of the package
         raise UserError(f"the synthetic dataset is unavailable: {_one_line(exc)}") from exc
     n = SYNTHETIC_DEFAULT_N if limit is None else limit
@@ -626,7 +626,7 @@ def load_problems(
             prompt style) whatever its name. By default the file name decides (``gsm8k_test.jsonl``
             is read as ``gsm8k``), and unknown names get guessed columns and answer kind.
         synthetic_seed, synthetic_difficulty: passed to
-            :func:`reasonexit.synthetic.generate_problems`.
+            :func:`reasonexit.data.synthetic.generate_problems`.
         choice_seed: multiple-choice options are re-ordered with a shuffle seeded by this value and
             the problem id, so the correct letter is spread over A-D (the locally packaged GPQA file
             has every answer at ``A``, and the hub's raw columns carry no order at all). ``None``

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .datasets import Problem
-from .engine import EngineSession
-from .methods.base import Decoding, Method
+from ..data.datasets import Problem
+from ..engine.session import EngineSession
+from ..methods.base import Decoding, Method
 from .report import summarize
 from .runner import Job, solve_all
 
@@ -65,7 +65,7 @@ def warm_up(
     settings: the first requests of a kind (probes with logprobs, new batch shapes) are slow on
     the CPU engine, and whichever configuration met them first would be charged for it.
     """
-    from .methods import make_method
+    from ..methods import make_method
 
     session.run(solve_all(session, make_method("vanilla"), list(jobs[:8]), Decoding(max_tokens=16, seed=decoding.seed)))
     for method in methods:
@@ -91,8 +91,8 @@ def open_bench(
     problems of ``args.dataset`` and runs the warm-up passes (:func:`warm_up`, with ``warm_methods``)
     so the first configuration measured does not pay for start-up effects.
     """
-    from .datasets import load_problems
-    from .engine import DEFAULT_MODEL, EngineConfig, get_session
+    from ..data.datasets import load_problems
+    from ..engine.session import DEFAULT_MODEL, EngineConfig, get_session
 
     config = EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048, seed=seed)
     session = get_session(config)

@@ -1,0 +1,1 @@
+"""Problems and answers: datasets, the synthetic generator, prompts, answer extraction and grading."""

@@ -1,0 +1,1 @@
+"""``reasonexit serve``: an OpenAI-compatible HTTP server whose every method exits early."""
