@@ -20,7 +20,7 @@ freeze_gc_at_exit_in_engine_processes()
 
 if TYPE_CHECKING:
     from .api import agenerate, evaluate, generate
-    from .engine.session import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+    from .engine import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
     from .runs.results import Result
 
 __version__ = "0.1.0"

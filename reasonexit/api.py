@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from .engine.session import EngineConfig, EngineSession, get_session
+from .engine import EngineConfig, EngineSession, get_session
 from .errors import Interrupted, ProblemFailed, RunStopped, UserError, is_engine_dead, one_line
 from .methods.base import Decoding, Method, make_method
 from .runs.results import Result

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from .errors import Interrupted, RunStopped, UserError
 
 if TYPE_CHECKING:
-    from .engine.session import EngineConfig
+    from .engine import EngineConfig
     from .methods.base import Decoding
     from .runs.options import EvalOptions
 
@@ -31,7 +31,7 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
     ``method_help`` names methods whose options are listed in ``--help`` (the method given with
     ``--method`` and any ``--inner`` one); method options themselves are parsed by the method.
     """
-    from .engine.session import EngineConfig
+    from .engine import EngineConfig
     from .methods.base import Decoding
     from .options import add_arguments
     from .runs.options import EvalOptions
@@ -68,7 +68,7 @@ def _add_method_groups(p: argparse.ArgumentParser, method_help: tuple[str, ...])
 
 def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The ``serve`` parser: server flags, then the decoding and engine flags of ``eval``."""
-    from .engine.session import EngineConfig
+    from .engine import EngineConfig
     from .methods.base import Decoding
     from .options import add_arguments
     from .serve.app import ServeOptions
@@ -157,45 +157,12 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _check_engine_options(config: EngineConfig) -> None:
-    """Engine settings checked before anything starts (the engine would find them 40-60 s later)."""
-    import typing
-
-    from vllm.config.model import ModelDType
-
-    dtypes = [d for d in typing.get_args(ModelDType) if isinstance(d, str)]
-    if config.dtype not in dtypes:
-        raise UserError(f"--dtype {config.dtype!r} is not a dtype vLLM knows; choose from: {', '.join(dtypes)}")
-    for name, value, low in (
-        ("--max-num-seqs", config.max_num_seqs, 1),
-        ("--tensor-parallel-size", config.tensor_parallel_size, 1),
-        ("--data-parallel-size", config.data_parallel_size, 1),
-        ("--block-size", config.block_size, 1),
-        ("--max-model-len", config.max_model_len, 1),
-    ):
-        if value is not None and value < low:
-            raise UserError(f"{name} must be >= {low}, got {value}")
-    if config.kv_cache_gib is not None and not config.kv_cache_gib > 0:
-        raise UserError(f"--kv-cache-gib must be > 0, got {config.kv_cache_gib}")
-    if config.gpu_memory_utilization is not None and not 0 < config.gpu_memory_utilization <= 1:
-        raise UserError(f"--gpu-memory-utilization must be in (0, 1], got {config.gpu_memory_utilization}")
-    if config.max_model_len is not None and not os.environ.get("VLLM_ALLOW_LONG_MAX_MODEL_LEN"):
-        from .engine.session import _config_context_length
-
-        limit = _config_context_length(config)
-        if config.max_model_len > limit:
-            raise UserError(
-                f"--max-model-len {config.max_model_len} is longer than the model's context of {limit} tokens "
-                "(its config.json)"
-            )
-
-
 def _eval_settings(args: argparse.Namespace) -> tuple[EvalOptions, Decoding, EngineConfig]:
     """The run, decoding and engine settings from the parsed flags (converted by their declarations).
 
     A ``--preset`` fills in the decoding settings of its model family; flags given explicitly win.
     """
-    from .engine.session import EngineConfig
+    from .engine import EngineConfig
     from .methods.base import Decoding
     from .options import collect
     from .runs.options import PRESETS, EvalOptions
@@ -218,7 +185,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     """
     from .api import check_decoding, default_run_path, evaluate, run_signature
     from .data.datasets import load_problems
-    from .engine.session import get_session
+    from .engine import get_session
     from .methods.base import make_method
     from .runs.report import markdown_table, plot_accuracy_vs_tokens, summarize
     from .runs.runner import check_run_file
@@ -242,7 +209,6 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
         synthetic_seed=run.data_seed,
         synthetic_difficulty=run.difficulty,
     )
-    _check_engine_options(config)
     if config.no_thinking:
         method.check_model(has_thinking=False)
     session = get_session(config)  # the tokenizer; the engine starts with the first request
@@ -291,7 +257,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     """``reasonexit serve``: check the settings, start the engine, serve until interrupted."""
     from . import step_rules
-    from .engine.session import EngineConfig, get_session
+    from .engine import EngineConfig, get_session
     from .methods.base import Decoding, make_method
     from .options import collect
     from .serve.app import ServeOptions, serve
@@ -310,7 +276,6 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     # every per-step rule on the engine, so requests may choose any method
     engine_kw["step_rules"] = tuple(sorted({*engine_kw.get("step_rules", ()), *step_rules.RULES}))
     config = EngineConfig(**engine_kw, seed=decoding.seed)
-    _check_engine_options(config)
     session = get_session(config)
     print(
         f"model: {config.model} ({session.markers.describe()}); default method {options.method}; "
@@ -375,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         # before vLLM is imported: its logging level is read once, at import
         os.environ["REASONEXIT_VERBOSE"] = "1"
         os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
+    from .engine.logs import quiet_by_default
+
+    quiet_by_default()
     if argv[:1] == ["train"]:
         # Training has its own parser (and heavy imports): hand the rest of the line over.
         from .training.cli import main as train_main
@@ -406,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         if as_command and "reasonexit.engine.session" in sys.modules:
-            from .engine.session import close_all_sessions
+            from .engine import close_all_sessions
 
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)

@@ -68,3 +68,49 @@ def is_engine_dead(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - vLLM is a dependency
         return False
     return isinstance(exc, EngineDeadError)
+
+
+class EngineStartError(UserError):
+    """The vLLM engine could not start; the message names the cause and the setting to change."""
+
+    #: (text in vLLM's error, hint) pairs, most specific first.
+    HINTS: tuple[tuple[str, str], ...] = (
+        ("less than desired CPU memory utilization", "set a smaller --kv-cache-gib (VLLM_CPU_KVCACHE_SPACE)"),
+        ("is less than desired GPU memory utilization", "lower --gpu-memory-utilization or free GPU memory"),
+        ("No available memory for the cache blocks", "raise --gpu-memory-utilization or --kv-cache-gib"),
+        ("larger than the maximum number of tokens that can be stored in KV cache", "lower --max-model-len or "
+         "raise --kv-cache-gib"),
+        ("max_model_len", "lower --max-model-len to at most the model's context length"),
+        ("Model Runner V2 requires", "unset VLLM_USE_V2_MODEL_RUNNER: this platform has no Model Runner V2"),
+        ("out of memory", "lower --kv-cache-gib / --gpu-memory-utilization or --max-num-seqs"),
+        ("dtype", "choose --dtype auto, float32, bfloat16 or float16"),
+        ("bootstrapping phase", "put the code that starts the engine under `if __name__ == \"__main__\":`"),
+    )
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> EngineStartError:
+        """One line from a start-up failure: vLLM's own first line plus a hint where one is known."""
+        text = str(exc).strip()
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None and ("Engine core initialization failed" in text or not text):
+            text = str(cause).strip() or text  # the engine process's own error says more
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(exc).__name__)
+        if len(first) > 300:
+            first = first[:297] + "..."
+        hint = next((h for needle, h in cls.HINTS if needle.lower() in text.lower()), None)
+        if hint is None and "Engine core initialization failed" in text:
+            hint = "run with --verbose to see the engine's log"
+        return cls(f"engine failed to start: {first}" + (f" ({hint})" if hint else ""))
+
+
+class MainGuardError(UserError, SystemExit):
+    """The engine was asked for at the top level of a script without a main guard.
+
+    vLLM starts its engine in a child process that re-imports the main script; unguarded, the
+    child would run the script again. Also a ``SystemExit``: uncaught, Python prints just the
+    one-line message and exits 1, instead of pages of tracebacks from both processes.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = f"reasonexit: error: {message}"

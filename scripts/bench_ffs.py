@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(REPO))
 
-from reasonexit.engine.session import DEFAULT_MODEL  # noqa: E402
+from reasonexit.engine import DEFAULT_MODEL  # noqa: E402
 from reasonexit.runs.bench import add_bench_args, open_bench  # noqa: E402
 
 

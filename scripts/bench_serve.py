@@ -157,7 +157,7 @@ def main() -> None:
 
     from reasonexit.data.prompts import format_prompt
     from reasonexit.data.synthetic import generate_problems
-    from reasonexit.engine.session import EngineConfig, get_session, reserve_spare_core
+    from reasonexit.engine import EngineConfig, get_session, reserve_spare_core
     from reasonexit.methods.base import Decoding, make_method
     from reasonexit.runs.runner import Job, solve_job
     from reasonexit.serve.app import create_app, start_server

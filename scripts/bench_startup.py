@@ -27,7 +27,7 @@ def main() -> int:
 
     t0 = time.perf_counter()
     from reasonexit.data.datasets import load_problems
-    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session
+    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
     from reasonexit.methods.base import Decoding
     from reasonexit.runs.bench import jobs_for

@@ -124,7 +124,7 @@ def _verdict(reports: dict[str, dict[str, Any]]) -> int:
 def _one_runner(args: argparse.Namespace) -> int:
     """Every method on one engine (this process's runner); the report as a line of stdout."""
     from reasonexit.data.datasets import load_problems
-    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session
+    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.errors import UserError
     from reasonexit.methods import make_method, method_names
     from reasonexit.methods.base import Decoding

@@ -28,7 +28,7 @@ def main() -> int:
 
     from reasonexit.data.datasets import load_problems
     from reasonexit.data.synthetic import count_rechecks, first_answer_position
-    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session
+    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
     from reasonexit.methods.base import Decoding
     from reasonexit.runs.bench import jobs_for

@@ -115,7 +115,7 @@ def collect(args: argparse.Namespace, session: Any = None) -> tuple[list[dict], 
 
     from reasonexit.data.answers import extract_answer, grade
     from reasonexit.data.datasets import load_problems
-    from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, Usage, get_session
+    from reasonexit.engine import DEFAULT_MODEL, EngineConfig, Usage, get_session
     from reasonexit.methods.flashthink import _Chunks
     from reasonexit.runs.bench import jobs_for
     from reasonexit.thinking import closing_ids, split_completion
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from reasonexit.engine.session import DEFAULT_MODEL
+    from reasonexit.engine import DEFAULT_MODEL
 
     torch.set_num_threads(args.threads)  # the held-out check; fit_verifier sets the seed for training
     model_path = args.model or DEFAULT_MODEL

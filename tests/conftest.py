@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, get_session, reserve_spare_core  # noqa: E402
+from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session, reserve_spare_core  # noqa: E402
 
 #: The model under test: the bundled testbed unless REASONEXIT_TEST_MODEL names another.
 TEST_MODEL = os.environ.get("REASONEXIT_TEST_MODEL", DEFAULT_MODEL)
@@ -26,7 +26,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks
 def session():
     """The process-wide engine session, started once."""
     # Started before any FlashThink is built: leave vLLM's spare core free for its verifier engine,
-    # as a FlashThink run does (see reasonexit.engine.session.cpu_binding).
+    # as a FlashThink run does (see reasonexit.engine.platform.cpu_binding).
     reserve_spare_core()
     s = get_session(TEST_ENGINE)
     s.start()

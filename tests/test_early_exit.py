@@ -57,7 +57,7 @@ def test_thinking_tracker_follows_markers():
 def test_exit_reasons_are_the_row_strings():
     import json
 
-    from reasonexit.methods.early_exit import ExitReason
+    from reasonexit.methods.base import ExitReason
 
     assert [r.value for r in ExitReason] == ["confident", "budget", "eos", "length"]
     assert json.dumps({"r": ExitReason.BUDGET}) == '{"r": "budget"}'

@@ -12,7 +12,7 @@ import pytest
 from reasonexit import generate
 from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
-from reasonexit.engine.session import EngineConfig, Usage
+from reasonexit.engine import EngineConfig, Usage
 from reasonexit.methods.base import Decoding
 from reasonexit.runs.runner import Job, solve_all
 
@@ -157,11 +157,11 @@ def test_prompt_longer_than_context_is_a_user_error(session):
 
 def test_cpu_binding_takes_every_core_of_a_small_machine_only_for_a_lone_engine(monkeypatch):
     """The rule behind a lone CPU engine's thread binding, on pretend machines."""
-    import reasonexit.engine.session as eng
+    import reasonexit.engine.platform as eng
 
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND", raising=False)
     monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)
-    monkeypatch.setattr(eng, "_RUNNING_CPU_ENGINES", weakref.WeakSet())
+    monkeypatch.setattr(eng, "RUNNING_CPU_ENGINES", weakref.WeakSet())
     cfg = EngineConfig()
     monkeypatch.setattr(eng, "_allowed_cores", lambda: [0, 1])
     assert eng.cpu_binding(cfg) == "0,1"
@@ -178,9 +178,9 @@ def test_cpu_binding_takes_every_core_of_a_small_machine_only_for_a_lone_engine(
         pass
 
     other = Running()
-    eng._RUNNING_CPU_ENGINES.add(other)
+    eng.RUNNING_CPU_ENGINES.add(other)
     assert eng.cpu_binding(cfg) is None
-    eng._RUNNING_CPU_ENGINES.discard(other)
+    eng.RUNNING_CPU_ENGINES.discard(other)
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
     assert eng.cpu_binding(cfg) is None  # the user's variable stands
     monkeypatch.delenv("VLLM_CPU_OMP_THREADS_BIND")

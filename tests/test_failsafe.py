@@ -23,7 +23,7 @@ from reasonexit import generate
 from reasonexit.cli import main
 from reasonexit.data.datasets import load_problems
 from reasonexit.data.grading import agrade, grade_isolated
-from reasonexit.engine.session import Usage
+from reasonexit.engine import Usage
 from reasonexit.errors import UserError
 from reasonexit.methods.base import Context, Method, Outcome, make_method, register
 

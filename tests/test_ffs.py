@@ -16,7 +16,7 @@ from reasonexit import generate
 from reasonexit.data.answers import grade
 from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
-from reasonexit.engine.session import Usage
+from reasonexit.engine import Usage
 from reasonexit.errors import UserError
 from reasonexit.methods import make_method
 from reasonexit.methods.base import Context, Decoding, Method, Outcome

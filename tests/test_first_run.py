@@ -13,7 +13,8 @@ from pathlib import Path
 from conftest import CLI_ENGINE_ARGS
 
 from reasonexit.cli import main
-from reasonexit.engine.session import SMALL_MACHINE_CORES, EngineConfig
+from reasonexit.engine import EngineConfig
+from reasonexit.engine.platform import SMALL_MACHINE_CORES
 from reasonexit.methods import method_class, method_names
 from reasonexit.methods.base import Decoding
 from reasonexit.options import flag_of, help_of
@@ -160,7 +161,7 @@ def test_engine_processes_skip_the_final_garbage_collection():
     assert queue.get(timeout=120) is True
     child.join(timeout=60)
     assert child.exitcode == 0
-    from reasonexit.engine.session import EngineSession
+    from reasonexit.engine import EngineSession
 
     EngineSession(EngineConfig()).close()  # the tokenizer only: the engine starts on first use
     assert quick_exit._registered
@@ -171,7 +172,7 @@ import gc
 import os
 import sys
 
-from reasonexit.engine.session import EngineConfig, EngineSession
+from reasonexit.engine import EngineConfig, EngineSession
 
 if __name__ == "__main__":
     assert "vllm.engine.arg_utils" not in sys.modules  # vLLM's first import happens in the engine start

@@ -20,7 +20,7 @@ from reasonexit import generate
 from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
 from reasonexit.engine import session as engine_mod
-from reasonexit.engine.session import spare_cpu_core
+from reasonexit.engine import spare_cpu_core
 from reasonexit.errors import UserError
 from reasonexit.methods import make_method
 from reasonexit.methods.flashthink import TESTBED_VERIFIER, score_record

@@ -29,9 +29,10 @@ from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor
 from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs
 
 from reasonexit import step_rules
+from reasonexit.engine import EngineConfig, EngineSession
 from reasonexit.engine import platform as device
-from reasonexit.engine.session import EngineConfig, EngineSession, EngineStartError, shutdown_env
-from reasonexit.errors import UserError
+from reasonexit.engine.platform import shutdown_env
+from reasonexit.errors import EngineStartError, UserError
 from reasonexit.methods import make_method
 from reasonexit.methods.flashthink import TESTBED_VERIFIER, verifier_engine_config
 from reasonexit.step_rules.budget import budget_args
@@ -51,7 +52,7 @@ def probe():
     return real()
 torch.cuda.is_available = probe
 assert "vllm" not in sys.modules
-from reasonexit.engine.session import EngineConfig, get_session
+from reasonexit.engine import EngineConfig, get_session
 from reasonexit.methods import make_method, method_names
 from reasonexit.training.config import load_recipe
 from reasonexit.training.trainer import grpo_config_kwargs

@@ -461,7 +461,7 @@ def test_request_methods_are_built_once_per_name_and_options(session):
 def test_serve_leaves_the_front_end_a_core_before_the_engine_starts(session, monkeypatch):
     """``serve`` notes, before it starts the engine, that the HTTP front end needs a core, so a CPU
     engine on a small machine leaves vLLM's spare core free instead of taking every core."""
-    import reasonexit.engine.session as eng
+    import reasonexit.engine.platform as eng
     from reasonexit.serve.app import ServeOptions, serve
 
     monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)  # as in a fresh process

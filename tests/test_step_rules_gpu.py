@@ -24,7 +24,7 @@ from vllm.v1.sample.logits_processor import LogitsProcessors
 from vllm.v1.worker.gpu_input_batch import CachedRequestState, InputBatch
 
 from reasonexit import step_rules
-from reasonexit.engine.session import DEFAULT_MODEL, EngineConfig, EngineSession
+from reasonexit.engine import DEFAULT_MODEL, EngineConfig, EngineSession
 from reasonexit.errors import UserError
 from reasonexit.step_rules.budget import BudgetRule, budget_args
 from reasonexit.step_rules.vllm_v1 import ThinkingBudgetV1

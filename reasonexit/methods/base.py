@@ -1,7 +1,7 @@
 """The method interface: a method is a named set of parameters plus a controller coroutine.
 
 A controller solves one problem: it gets a :class:`Context` (the shared engine session, the
-prompt's token ids, decoding settings, a seed and the problem's :class:`~reasonexit.engine.session.Usage`
+prompt's token ids, decoding settings, a seed and the problem's :class:`~reasonexit.engine.Usage`
 ledger) and returns an :class:`Outcome` (the completion token ids handed to the user, why it
 stopped, and method-specific records). Methods that run other methods inside them (e.g. First
 Finish Search over DEER branches) call the inner method's :meth:`Method.solve` with a
@@ -16,10 +16,11 @@ import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, ClassVar
 
 from .. import step_rules
-from ..engine.session import Completion, EngineSession, Usage
+from ..engine import Completion, EngineSession, Usage
 from ..errors import UserError
 from ..options import convert, opt
 
@@ -117,6 +118,21 @@ class Context:
     def request_id(self, what: str) -> str:
         """A unique request id that names the problem and the purpose of the request."""
         return self.session.new_request_id(f"{self.request_prefix}.{what}")
+
+
+class ExitReason(StrEnum):
+    """Why thinking (or the whole completion) ended; the values are the strings stored in rows."""
+
+    CONFIDENT = "confident"  # a check decided to exit
+    BUDGET = "budget"  # the thinking budget was spent
+    EOS = "eos"  # the model ended by itself
+    LENGTH = "length"  # the token limit stopped the model
+    ERROR = "error"  # the problem's controller raised (the row's ``error`` says why)
+
+    @classmethod
+    def from_finish(cls, finish_reason: str | None) -> ExitReason:
+        """The reason for a request that ended on its own (vLLM ``finish_reason``)."""
+        return cls.EOS if finish_reason == "stop" else cls.LENGTH
 
 
 @dataclass

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..options import opt
 from ..step_rules.budget import budget_args
 from ..thinking import split_completion, thinking_in_prompt
-from .base import Context, Method, Outcome, register
+from .base import Context, ExitReason, Method, Outcome, register
 
 
 @dataclass
@@ -81,10 +81,5 @@ class Budget(Method):
         split = split_completion(comp.token_ids, markers)
         hit = split.closed and split.thinking_tokens >= cap
         # The exit reason tells why thinking ended; ``finished`` tells whether the answer was completed.
-        if hit:
-            reason = "budget"
-        elif comp.finish_reason == "length":
-            reason = "length"
-        else:
-            reason = "eos"
+        reason = ExitReason.BUDGET if hit else ExitReason.from_finish(comp.finish_reason)
         return Outcome(comp.token_ids, reason, info={"forced": hit}, finished=comp.finish_reason == "stop")

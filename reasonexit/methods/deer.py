@@ -44,11 +44,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..engine.session import EngineSession
+from ..engine import EngineSession
 from ..errors import UserError
 from ..thinking import find_subsequence
-from .base import Context, register
-from .early_exit import EarlyExitMethod, ExitHooks, ExitLimits, ExitReason, Mode, Verdict, validate_limits
+from .base import Context, ExitReason, register
+from .early_exit import EarlyExitMethod, ExitHooks, ExitLimits, Mode, Verdict, validate_limits
 
 DEFAULT_INDUCER = "\n**Final Answer**\n\\boxed{"
 DEFAULT_CHOICE_INDUCER = "\n**Final Answer**\nThe correct option is \\boxed{"

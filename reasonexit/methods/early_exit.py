@@ -47,33 +47,18 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..engine import platform as device
 from ..errors import UserError
 from ..thinking import ThinkingTracker, closing_ids
-from .base import Context, Method, Outcome
+from .base import Context, ExitReason, Method, Outcome
 
 if TYPE_CHECKING:
-    from ..engine.session import EngineSession
+    from ..engine import EngineSession
 
 #: How the trace and its checks share the engine (see the module docstring).
 Mode = Literal["auto", "sequential", "parallel"]
-
-
-class ExitReason(StrEnum):
-    """Why thinking (or the whole completion) ended; the values are the strings stored in rows."""
-
-    CONFIDENT = "confident"  # a check decided to exit
-    BUDGET = "budget"  # the thinking budget was spent
-    EOS = "eos"  # the model ended by itself
-    LENGTH = "length"  # the token limit stopped the model
-
-    @classmethod
-    def from_finish(cls, finish_reason: str | None) -> ExitReason:
-        """The reason for a request that ended on its own (vLLM ``finish_reason``)."""
-        return cls.EOS if finish_reason == "stop" else cls.LENGTH
 
 
 @dataclass

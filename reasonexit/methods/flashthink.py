@@ -53,8 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..engine import platform as device
-from ..engine.session import (
+from ..engine import (
     DEFAULT_MODEL,
     EngineConfig,
     EngineSession,
@@ -63,6 +62,7 @@ from ..engine.session import (
     reserve_spare_core,
     spare_cpu_core,
 )
+from ..engine import platform as device
 from ..errors import UserError
 from .base import Context, register
 from .early_exit import EarlyExitMethod, ExitLimits, Mode, Verdict, validate_limits
@@ -226,13 +226,6 @@ class Check:
         return rec
 
 
-def _add_usage(total: Usage, part: Usage) -> None:
-    total.compute_tokens += part.compute_tokens
-    total.request_prompt_tokens += part.request_prompt_tokens
-    total.cached_prompt_tokens += part.cached_prompt_tokens
-    total.requests += part.requests
-
-
 # ---------------------------------------------------------------------------- verifiers
 class Verifier(ABC):
     """Scores whether the reasoning so far is enough to answer correctly.
@@ -300,7 +293,7 @@ class EngineVerifier(Verifier):
             else:
                 tops = await self.session.arun(self._ask(prompt, usage, rid))
         finally:  # a check cancelled by an earlier exit still counts what it had decoded
-            _add_usage(ctx.usage, usage)
+            ctx.usage.add(usage)
         score, y, n = yes_no_score(
             [tops[i] for i in self.yes_ids if i in tops], [tops[i] for i in self.no_ids if i in tops]
         )

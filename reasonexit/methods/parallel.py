@@ -25,7 +25,7 @@ from typing import Any
 
 from ..data.answers import extract_answer, normalize_answer
 from ..data.grading import agrade
-from ..engine.session import EngineSession, Usage
+from ..engine import EngineSession, Usage
 from ..errors import UserError
 from ..thinking import split_completion
 from .base import Context, Method, Outcome

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Context, Method, Outcome, register
+from .base import Context, ExitReason, Method, Outcome, register
 
 
 @dataclass
@@ -22,5 +22,5 @@ class Vanilla(Method):
     async def solve(self, ctx: Context) -> Outcome:
         """Generate one completion."""
         comp = await ctx.complete(ctx.prompt_ids, ctx.output_sampling(), ctx.request_id("main"))
-        reason = "eos" if comp.finish_reason == "stop" else (comp.finish_reason or "unknown")
+        reason = ExitReason.from_finish(comp.finish_reason)
         return Outcome(comp.token_ids, reason, finished=comp.finish_reason == "stop")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..data.datasets import Problem
-from ..engine.session import EngineSession
+from ..engine import EngineSession
 from ..methods.base import Decoding, Method
 from .report import summarize
 from .runner import Job, solve_all
@@ -92,7 +92,7 @@ def open_bench(
     so the first configuration measured does not pay for start-up effects.
     """
     from ..data.datasets import load_problems
-    from ..engine.session import DEFAULT_MODEL, EngineConfig, get_session
+    from ..engine import DEFAULT_MODEL, EngineConfig, get_session
 
     config = EngineConfig(model=args.model or DEFAULT_MODEL, dtype=args.dtype, max_model_len=2048, seed=seed)
     session = get_session(config)

@@ -2,7 +2,7 @@
 
 Each field is declared once with its help text; the command line, ``--help`` and the checks come
 from it (see :mod:`reasonexit.options`). Decoding settings are :class:`~reasonexit.methods.base.Decoding`
-and engine settings :class:`~reasonexit.engine.session.EngineConfig`; a method's own options are its
+and engine settings :class:`~reasonexit.engine.EngineConfig`; a method's own options are its
 ``Params``.
 """
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..data.answers import extract_answer, grade
 from ..data.grading import agrade
-from ..engine.session import EngineSession, Usage
+from ..engine import EngineSession, Usage
 from ..methods.base import Outcome
 from ..thinking import split_completion
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..engine.session import EngineSession, Usage
+from ..engine import EngineSession, Usage
 from ..errors import ProblemFailed, UserError, is_engine_dead, one_line
 from ..methods.base import Context, Decoding, Method
 from .results import Result, abuild_result, error_result

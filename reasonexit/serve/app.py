@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..engine.session import EngineSession, reserve_spare_core
+from ..engine import EngineSession, reserve_spare_core
 from ..errors import UserError, is_engine_dead, one_line
 from ..methods.base import Decoding, Method, make_method
 from ..options import opt

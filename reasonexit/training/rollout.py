@@ -184,7 +184,7 @@ class LocalVLLMGenerate:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: weights reachable
             from vllm import LLM
 
-            from ..engine.session import set_cpu_kv_cache
+            from ..engine.platform import set_cpu_kv_cache
 
             set_cpu_kv_cache(None, default=1)  # the rollout engine sits beside the policy being trained
 

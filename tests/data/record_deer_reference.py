@@ -53,7 +53,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE.parent))
     from conftest import TEST_ENGINE
 
-    from reasonexit.engine.session import get_session
+    from reasonexit.engine import get_session
 
     session = get_session(TEST_ENGINE)
     data = record(session)
