@@ -53,12 +53,29 @@ class RunStopped(Exception):
         self.engine_dead = engine_dead
 
 
-def one_line(exc: BaseException) -> str:
-    """``Type: first line of the message`` (the type alone when the message is empty)."""
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type's name when the message is empty."""
     text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException, innermost: bool = False) -> str:
+    """``Type: first line of the message`` (the type alone when the message is empty).
+
+    With ``innermost``, of the innermost cause (the real error behind a wrapper), its whole message
+    folded onto one line and cut at 300 characters.
+    """
+    if innermost:
+        seen = {id(exc)}
+        while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+            exc = exc.__cause__
+            seen.add(id(exc))
+        text = " ".join(str(exc).split())[:300]
+    else:
+        text = str(exc).strip()
+        text = text.splitlines()[0] if text else ""
     name = type(exc).__name__
-    return f"{name}: {first}" if first else name
+    return f"{name}: {text}" if text else name
 
 
 def is_engine_dead(exc: BaseException) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UserError
 
@@ -77,6 +78,18 @@ def _encode(tokenizer, text: str) -> tuple[int, ...]:
 def _in_vocab(tokenizer, marker: str) -> bool:
     vocab = tokenizer.get_vocab()
     return marker in vocab
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of a prompt (a user message, or a list of chat messages) with the chat template; a
+    template-less tokenizer's BOS token is put first, as its own encoding would."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    text = render_chat(tokenizer, messages)
+    ids = list(tokenizer.encode(text, add_special_tokens=False))
+    bos = tokenizer.bos_token_id
+    if bos is not None and not getattr(tokenizer, "chat_template", None) and ids[:1] != [bos]:
+        ids = [bos, *ids]
+    return ids
 
 
 def render_chat(tokenizer, messages: Sequence[dict[str, str]]) -> str:

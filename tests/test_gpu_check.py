@@ -36,9 +36,9 @@ def test_gpu_check_runs_every_method_and_no_deprecation():
                      r"\(x[\d.]+\), same tokens: True", out), out[-3000:]  # fmt: skip
     assert "v1: flashthink verifier: trained on its own engine" in out
     assert "gpu_check: every method ran on v1" in out
-    from reasonexit.methods import _BUILTIN  # not method_names(): other test modules register test-only methods
+    from reasonexit.methods import BUILTIN  # not method_names(): other test modules register test-only methods
 
-    for name in _BUILTIN:
+    for name in BUILTIN:
         assert re.search(rf"^\| {re.escape(name)} \|", out, re.M), f"no row for {name}"
     assert "| budget (impl=reasonexit) |" in out
     deprecations = [

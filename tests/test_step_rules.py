@@ -83,7 +83,7 @@ def test_every_v1_processor_has_a_v2_counterpart():
                 found_v1.add(fqcn)
             if issubclass(obj, V2LogitsProcessor):
                 found_v2.add(fqcn)
-    pairs = set(step_rules.RULES.values())
+    pairs = {pair for _, pair in step_rules.RULES.items()}
     assert found_v1 == {v1 for v1, _ in pairs}, "a V1 processor outside the rule registry"
     assert found_v2 == {v2 for _, v2 in pairs}, "a V2 processor outside the rule registry"
     assert found_v1 and found_v2

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 from .answers import extract_answer, extract_gold
 from .prompts import format_prompt
 
@@ -283,16 +283,6 @@ def _quiet_datasets() -> Iterator[Any]:
             ds_logging.enable_progress_bar()
 
 
-def _one_line(exc: BaseException) -> str:
-    """A short one-line description of ``exc``, preferring its innermost cause (the real error)."""
-    seen = {id(exc)}
-    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
-        exc = exc.__cause__
-        seen.add(id(exc))
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
-
-
 def _load_local_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Rows and column names of a local .jsonl/.json/.parquet file, read with `datasets`."""
     if not path.is_file():
@@ -312,7 +302,7 @@ def _load_local_rows(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
         except Exception as exc:
             if "corresponds to no data" in str(exc):  # e.g. a .json file holding []
                 raise UserError(f"dataset file {str(path)!r} is empty") from exc
-            raise UserError(f"could not read dataset file {str(path)!r}: {_one_line(exc)}") from exc
+            raise UserError(f"could not read dataset file {str(path)!r}: {one_line(exc, innermost=True)}") from exc
     return list(ds), list(ds.column_names)
 
 
@@ -334,7 +324,7 @@ def _load_hub_rows(
                 hint = " (GPQA is gated: accept its terms on the hub and log in with `hf auth login`)"
             raise UserError(
                 f"could not load dataset {spec.name!r} from the hub ({spec.hub}, split {split!r}): "
-                f"{_one_line(exc)}{hint}; a local .jsonl copy can be passed as a path instead"
+                f"{one_line(exc, innermost=True)}{hint}; a local .jsonl copy can be passed as a path instead"
             ) from exc
         if limit is not None and limit < len(ds):
             ds = ds.select(range(limit))
@@ -570,7 +560,7 @@ def _load_synthetic(limit: int | None, split: str | None, seed: int, difficulty:
     try:
         from .synthetic import generate_problems
     except ImportError as exc:  # pragma: no cover - part of the package
-        raise UserError(f"the synthetic dataset is unavailable: {_one_line(exc)}") from exc
+        raise UserError(f"the synthetic dataset is unavailable: {one_line(exc, innermost=True)}") from exc
     n = SYNTHETIC_DEFAULT_N if limit is None else limit
     try:
         rows = generate_problems(n, split=split or "test", seed=seed, difficulty=difficulty)

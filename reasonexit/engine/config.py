@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..options import opt
 
 #: The bundled tiny reasoning model (see ``scripts/train_tiny_reasoner.py``).
@@ -145,9 +145,8 @@ def context_length(config: EngineConfig) -> int:
     return 1 << 30
 
 
-def load_tokenizer(config: EngineConfig):
-    """Load the model's tokenizer, turning a bad model path into one clear error line."""
-    name = config.tokenizer or config.model
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> Any:
+    """Load the tokenizer of model ``name`` (a directory or hub name); a bad name is one clear error line."""
     path = Path(name).expanduser()
     looks_local = name.startswith((".", "/", "~")) or path.exists() or name.count("/") != 1
     if looks_local and not path.exists():
@@ -157,9 +156,9 @@ def load_tokenizer(config: EngineConfig):
     try:
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=config.trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - any load failure is the user's model argument
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"cannot load tokenizer of model {name!r}: {first}") from None
 
 

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from .. import step_rules
 from .._exit import freeze_gc_at_exit
 from ..errors import EngineStartError, UserError
-from ..thinking import ThinkingMarkers, detect_markers, render_chat
+from ..thinking import ThinkingMarkers, chat_prompt_ids, detect_markers
 from . import platform
 from .config import EngineConfig, context_length, fast_decoder, load_tokenizer
 from .logs import quiet_by_default, verbose
@@ -77,7 +77,7 @@ class EngineSession:
     def __init__(self, config: EngineConfig | None = None) -> None:
         quiet_by_default()  # the API's entry: before vLLM and transformers are imported
         self.config = config or EngineConfig()
-        self.tokenizer = load_tokenizer(self.config)
+        self.tokenizer = load_tokenizer(self.config.tokenizer or self.config.model, self.config.trust_remote_code)
         self._decode_ids = fast_decoder(self.tokenizer)
         self.markers: ThinkingMarkers = detect_markers(
             self.tokenizer,
@@ -393,14 +393,7 @@ class EngineSession:
 
     def chat_prompt_ids(self, messages: str | Sequence[dict[str, str]]) -> list[int]:
         """Prompt token ids for a user message (or a list of chat messages) with the chat template."""
-        if isinstance(messages, str):
-            messages = [{"role": "user", "content": messages}]
-        text = render_chat(self.tokenizer, messages)
-        ids = list(self.tokenizer.encode(text, add_special_tokens=False))
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and not getattr(self.tokenizer, "chat_template", None) and ids[:1] != [bos]:
-            ids = [bos, *ids]
-        return ids
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def check_prompt(self, prompt_ids: Sequence[int], what: str = "prompt") -> None:
         """Raise a :class:`UserError` when a prompt leaves no room to generate in the context."""

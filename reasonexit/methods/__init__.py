@@ -1,17 +1,18 @@
 """Methods: each is one module with a controller coroutine, registered by name."""
 
-from .base import Context, Decoding, Method, Outcome, make_method, method_class, method_names, register
+from .base import METHODS, Context, Decoding, Method, Outcome, make_method, method_class, method_names, register
 
-_BUILTIN = ("vanilla", "budget", "deer", "flashthink", "ffs", "majority")
-
-
-def _load_all() -> None:
-    """Import the built-in method modules so they register themselves."""
-    import importlib
-
-    for mod in _BUILTIN:
-        importlib.import_module(f"{__name__}.{mod}")
-
+#: The built-in methods, each a module of this package that registers its class when imported.
+BUILTIN = {
+    "vanilla": "Vanilla",
+    "budget": "Budget",
+    "deer": "Deer",
+    "flashthink": "FlashThink",
+    "ffs": "Ffs",
+    "majority": "Majority",
+}
+for _name, _cls in BUILTIN.items():
+    METHODS.register(_name, lazy=f"{__name__}.{_name}:{_cls}")
 
 __all__ = [
     "Context",

@@ -23,6 +23,7 @@ from .. import step_rules
 from ..engine import Completion, EngineSession, Usage
 from ..errors import UserError
 from ..options import convert, opt
+from ..registry import Registry, register_in
 
 
 @dataclass
@@ -211,32 +212,20 @@ def _nests(params_cls: type) -> bool:
     return {"inner", "inner_options"} <= names
 
 
-_REGISTRY: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method selectable by name."""
-    _REGISTRY[cls.name] = cls
-    return cls
+#: Methods by name: the built-in ones load on first use (see :mod:`reasonexit.methods`).
+METHODS: Registry[type[Method]] = Registry("method")
+#: Class decorator: make a method selectable by its ``name``.
+register = register_in(METHODS)
 
 
 def method_names() -> list[str]:
     """Names of all registered methods."""
-    from . import _load_all
-
-    _load_all()
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def method_class(name: str) -> type[Method]:
     """The method class registered under ``name``."""
-    from . import _load_all
-
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UserError(f"unknown method {name!r}; choose from: {', '.join(sorted(_REGISTRY))}") from None
+    return METHODS.get(name)
 
 
 def make_method(name: str, options: dict[str, Any] | None = None) -> Method:

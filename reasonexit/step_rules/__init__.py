@@ -20,14 +20,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import UserError
+from ..registry import Registry
 
 #: Rule name -> (V1 adapter, V2 adapter), as fully-qualified class names vLLM loads by name.
-RULES: dict[str, tuple[str, str]] = {
-    "budget": (
-        "reasonexit.step_rules.vllm_v1:ThinkingBudgetV1",
-        "reasonexit.step_rules.vllm_v2:ThinkingBudgetV2",
-    ),
-}
+RULES: Registry[tuple[str, str]] = Registry("per-step rule")
+RULES.register(
+    "budget", ("reasonexit.step_rules.vllm_v1:ThinkingBudgetV1", "reasonexit.step_rules.vllm_v2:ThinkingBudgetV2")
+)
 
 _REQUIRED: set[str] = set()
 
@@ -35,8 +34,7 @@ _REQUIRED: set[str] = set()
 def require(names: Iterable[str]) -> None:
     """Note that a method in this process needs these rules (engines started later register them)."""
     for name in names:
-        if name not in RULES:
-            raise UserError(f"unknown per-step rule {name!r}; known: {', '.join(sorted(RULES))}")
+        RULES.get(name)  # one line for an unknown name
         _REQUIRED.add(name)
 
 
@@ -47,12 +45,7 @@ def required() -> frozenset[str]:
 
 def processors_for(names: Iterable[str], v2_runner: bool) -> list[str]:
     """The adapter classes to register for ``names`` on the V1 or the V2 model runner."""
-    out = []
-    for name in sorted(set(names)):
-        if name not in RULES:
-            raise UserError(f"unknown per-step rule {name!r}; known: {', '.join(sorted(RULES))}")
-        out.append(RULES[name][1 if v2_runner else 0])
-    return out
+    return [RULES.get(name)[1 if v2_runner else 0] for name in sorted(set(names))]
 
 
 def check_engine_supports(vllm_config: Any, names: Iterable[str]) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..options import convert, describe, fields_of, opt
 
 Method = Literal["sgrpo", "grpo"]
@@ -349,7 +349,7 @@ def load_recipe(path: str | os.PathLike[str], method: str | None = None) -> Trai
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise UserError(f"{p}: not valid YAML: {first}") from None
     if data is None:
         raise UserError(f"{p}: the recipe is empty")

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..data.answers import extract_answer, grade
-from ..thinking import ThinkingMarkers, render_chat, split_completion
+from ..thinking import ThinkingMarkers, chat_prompt_ids, split_completion
 from .sgrpo import GroupMember, build_branch, choose_exit_positions, group_advantages, serial_group_rewards
 
 __all__ = [
@@ -47,13 +47,7 @@ GenerateFn = Callable[[Any, list[list[int]], int], tuple[list[list[int]], list[l
 
 def prompt_token_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> list[int]:
     """Token ids of a prompt (a chat message list, or a user message string) with the chat template."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    text = render_chat(tokenizer, messages)
-    ids = list(tokenizer.encode(text, add_special_tokens=False))
-    bos = tokenizer.bos_token_id
-    if bos is not None and not getattr(tokenizer, "chat_template", None) and ids[:1] != [bos]:
-        ids = [bos, *ids]
-    return ids
+    return chat_prompt_ids(tokenizer, prompt)
 
 
 # ------------------------------------------------------------------------------------------ backends

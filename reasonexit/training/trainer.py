@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine import platform as device
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .config import TrainRecipe
 
 
@@ -142,9 +142,10 @@ def build_trainer(
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
+    from ..engine.config import load_tokenizer
     from ..thinking import detect_markers
     from .rollout import (
         LocalVLLMGenerate,
@@ -158,11 +159,7 @@ def build_trainer(
         torch.set_num_threads(recipe.threads)
     out = Path(output_dir or recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(recipe.model)
-    except Exception as exc:  # noqa: BLE001 - a bad model path or name is the user's
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot load tokenizer of model {recipe.model!r}: {first}") from None
+    tokenizer = load_tokenizer(recipe.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     markers = detect_markers(tokenizer)
@@ -177,7 +174,7 @@ def build_trainer(
     try:
         args = GRPOConfig(**config_kwargs)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"{recipe.source}: invalid training settings: {str(exc).strip().splitlines()[0]}") from None
+        raise UserError(f"{recipe.source}: invalid training settings: {first_line(exc)}") from None
 
     dtype = torch.bfloat16 if args.bf16 and device.on_gpu() else (torch.float16 if args.fp16 else torch.float32)
     model = AutoModelForCausalLM.from_pretrained(recipe.model, dtype=dtype)
