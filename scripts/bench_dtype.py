@@ -1,12 +1,14 @@
 """The bundled testbed in float32 against bfloat16 (or any dtypes), in one run: one engine per dtype in turn.
 
-    python scripts/bench_dtype.py --limit 128 --thresholds 0.95,0.99 --paragraph-thresholds 0.95
+    python scripts/bench_dtype.py --limit 128 --dtypes float32,bfloat16,float32 --thresholds 0.95,0.99
 
 On GPU, vLLM's ``dtype auto`` downcasts a float32 checkpoint to bfloat16, while reasonexit keeps
 it float32 on CPU; this measures what that changes. For each dtype in ``--dtypes`` an engine is
 started (the same settings as every benchmark here, only the dtype differs), warmed up untimed,
 and runs vanilla and DEER at each threshold over the same problems, all in flight, greedy. The
-previous engine is closed before the next starts.
+previous engine is closed before the next starts. A dtype named twice (``float32,bfloat16,float32``)
+runs again on a fresh engine, as a control: what differs between two engines of the same dtype is
+not the dtype's doing.
 
 Prints the dtype vLLM actually ran (its model config's, not what was asked for), one table of all
 runs (accuracy, tokens, wall time), and the agreement of every later dtype with the first, per
@@ -69,7 +71,11 @@ def main() -> int:
     """Run every configuration in every dtype and print the table and the agreement figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_bench_args(ap, limit=128)
-    ap.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated; the first is the reference")
+    ap.add_argument(
+        "--dtypes",
+        default="float32,bfloat16",
+        help="comma-separated; the first is the reference; a repeated dtype runs again on a new engine (a control)",
+    )
     ap.add_argument("--thresholds", default="0.95,0.99", help="DEER thresholds (0.95 is DEER's default)")
     ap.add_argument(
         "--paragraph-thresholds",
@@ -77,7 +83,10 @@ def main() -> int:
         help="DEER thresholds with probes at paragraph breaks too (probes mid-derivation; empty: none)",
     )
     args = ap.parse_args()
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    asked = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    # A dtype given twice gets a second engine of its own ("float32#2"): the control for how much
+    # of the disagreement a fresh engine of the same dtype shows.
+    dtypes = [d if asked[:i].count(d) == 0 else f"{d}#{asked[:i].count(d) + 1}" for i, d in enumerate(asked)]
 
     from reasonexit.engine import close_all_sessions
     from reasonexit.methods import make_method
@@ -96,7 +105,7 @@ def main() -> int:
     starts: list[str] = []
     n_jobs = 0
     for dtype in dtypes:
-        args.dtype = dtype
+        args.dtype = dtype.split("#")[0]
         t0 = time.perf_counter()
         session, jobs, dec = open_bench(args, warm_methods=[method(o) for _, o in configs])
         ran = str(session.engine.model_config.dtype).removeprefix("torch.")
