@@ -35,7 +35,10 @@ def agreement(label: str, ref: BenchRun, other: BenchRun, early_exit: bool) -> d
     """Per-problem agreement of two runs of one configuration (rows matched by problem id).
 
     Counts problems with identical completion text, the same extracted answer, the same
-    correctness, and (``early_exit``) the same exit position and the same exit position and answer;
+    correctness, and (``early_exit``) the same exit position and the same exit position and answer.
+    Where the exit position differs, ``exit_moved_same_trace/other_trace`` splits the problems into
+    those whose kept thinking agrees up to the earlier exit (the exit decision differed on the same
+    trace) and those whose traces had already diverged (the decision was made on different text);
     ``flips`` is ``right->wrong/wrong->right`` going from ``ref`` to ``other``.
     """
     by_id = {r["id"]: r for r in other.rows}
@@ -48,6 +51,12 @@ def agreement(label: str, ref: BenchRun, other: BenchRun, early_exit: bool) -> d
     def pos(r: dict[str, Any]) -> Any:
         return (r.get("info") or {}).get("exit_pos")
 
+    def same_trace(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        # one kept thinking is the start of the other: the traces agree up to the earlier exit
+        x, y = sorted((a["thinking"], b["thinking"]), key=len)
+        return y.startswith(x)
+
+    moved = [(a, b) for a, b in pairs if pos(a) != pos(b)]
     lost = sum(bool(a["correct"]) and not b["correct"] for a, b in pairs)
     gained = sum(not a["correct"] and bool(b["correct"]) for a, b in pairs)
     return {
@@ -60,6 +69,11 @@ def agreement(label: str, ref: BenchRun, other: BenchRun, early_exit: bool) -> d
         "same_exit_pos": count(lambda a, b: pos(a) == pos(b)) if early_exit else "-",
         "same_exit_pos_and_answer": (
             count(lambda a, b: pos(a) == pos(b) and a["answer"] == b["answer"]) if early_exit else "-"
+        ),
+        "exit_moved_same_trace/other_trace": (
+            f"{sum(same_trace(a, b) for a, b in moved)}/{sum(not same_trace(a, b) for a, b in moved)}"
+            if early_exit
+            else "-"
         ),
         "exits": f"{sum(pos(a) is not None for a, _ in pairs)}/{sum(pos(b) is not None for _, b in pairs)}"
         if early_exit
