@@ -23,8 +23,8 @@ import sys
 import time
 from typing import Any
 
-from reasonexit.bench import BenchRun, add_bench_args, open_bench, run_config
 from reasonexit.methods.base import Method
+from reasonexit.runs.bench import BenchRun, add_bench_args, open_bench, run_config
 
 
 def _floats(text: str) -> list[float]:
@@ -104,7 +104,7 @@ def main() -> int:
 
     from reasonexit.engine import close_all_sessions
     from reasonexit.methods import make_method
-    from reasonexit.report import markdown_table
+    from reasonexit.runs.report import markdown_table
 
     configs: list[tuple[str, dict[str, Any] | None]] = [("vanilla", None)]
     configs += [(f"deer-{t}", {"threshold": t}) for t in _floats(args.thresholds)]
