@@ -68,7 +68,7 @@ def _shown(path: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    from reasonexit.methods.flashthink import DEFAULT_JUDGE_PROMPT
+    from reasonexit.methods.verifiers import DEFAULT_JUDGE_PROMPT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="reasoning model (default: the bundled testbed)")
@@ -237,7 +237,7 @@ def heldout_check(model, tokenizer, test: list[dict], judge: list[int], yes_tok:
     """Accuracy on held-out boundaries, scored as FlashThink scores (P(yes) / (P(yes) + P(no)))."""
     import torch
 
-    from reasonexit.methods.flashthink import answer_token_ids, yes_no_score
+    from reasonexit.methods.verifiers import answer_token_ids, yes_no_score
 
     model = model.to(torch.float32).eval()
     texts = [tokenizer.decode([i]) for i in range(len(tokenizer))]

@@ -8,7 +8,8 @@ from reasonexit import generate
 from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
 from reasonexit.methods import make_method
-from reasonexit.methods.flashthink import DEFAULT_JUDGE_PROMPT, _Chunks, score_record
+from reasonexit.methods.flashthink import _Chunks
+from reasonexit.methods.verifiers import DEFAULT_JUDGE_PROMPT, score_record
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(16, split="test", seed=321)]
 MAX = 1024

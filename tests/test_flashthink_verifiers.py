@@ -23,7 +23,7 @@ from reasonexit.engine import session as engine_mod
 from reasonexit.engine import spare_cpu_core
 from reasonexit.errors import UserError
 from reasonexit.methods import make_method
-from reasonexit.methods.flashthink import TESTBED_VERIFIER, score_record
+from reasonexit.methods.verifiers import TESTBED_VERIFIER, score_record
 
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(8, split="test", seed=321)]
 MAX = 1024
@@ -85,7 +85,7 @@ def test_verifier_engine_runs_beside_the_main_engine(session):
     method = make_method("flashthink")
     generate(PROMPTS[:1], method, session=session, max_tokens=MAX)
     verifier = method._verifiers[id(session)]
-    assert verifier.session is not session and verifier.session.config.cpu_cores == spare_cpu_core(session)
+    assert verifier.session is not session and verifier.session.config.cpu_cores == spare_cpu_core(session.cpu_binding)
     bound = set()
     for proc in psutil.Process().children(recursive=True):
         with contextlib.suppress(psutil.Error):

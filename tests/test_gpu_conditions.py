@@ -34,7 +34,8 @@ from reasonexit.engine import platform as device
 from reasonexit.engine.platform import shutdown_env
 from reasonexit.errors import EngineStartError, UserError
 from reasonexit.methods import make_method
-from reasonexit.methods.flashthink import TESTBED_VERIFIER, verifier_engine_config
+from reasonexit.methods.flashthink import verifier_engine_config
+from reasonexit.methods.verifiers import TESTBED_VERIFIER
 from reasonexit.step_rules.budget import budget_args
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,12 +19,9 @@ import threading
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .config import EngineConfig, checkpoint_dtype
-
-if TYPE_CHECKING:
-    from .session import EngineSession
 
 #: A GPU engine's memory share when nothing else in the process asks for one (vLLM's default).
 DEFAULT_GPU_SHARE = 0.9
@@ -131,7 +128,7 @@ SMALL_MACHINE_CORES = 2
 
 
 #: CPU engines running in this process (their sessions).
-RUNNING_CPU_ENGINES: weakref.WeakSet[EngineSession] = weakref.WeakSet()
+RUNNING_CPU_ENGINES: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 #: Set when a method built in this process will start a second CPU engine beside the main one.
@@ -175,17 +172,17 @@ def cpu_binding(config: EngineConfig) -> str | None:
     return ",".join(map(str, cores)) if 1 < len(cores) <= SMALL_MACHINE_CORES else None
 
 
-def spare_cpu_core(main: EngineSession | None = None) -> str | None:
+def spare_cpu_core(main_binding: str | None = None) -> str | None:
     """The core vLLM's default CPU binding leaves free (the last allowed one), as a binding string.
 
     On CPU, vLLM binds a worker's threads to all cores of its NUMA node but the last, which it
     keeps for the scheduler processes. A second, small engine (a FlashThink verifier) bound there
     runs beside the first instead of sharing its cores: on the 2-core testbed, FlashThink with the
     trained verifier took 4.4-4.9 s per 128 problems instead of 5.9-6.7 s. ``None`` when the user
-    set ``VLLM_CPU_OMP_THREADS_BIND``, when the ``main`` engine was bound to cores of its own
-    choosing (:func:`cpu_binding`), or when the machine has a single core.
+    set ``VLLM_CPU_OMP_THREADS_BIND``, when the main engine was bound to cores of its own choosing
+    (``main_binding``, its :func:`cpu_binding`), or when the machine has a single core.
     """
-    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or (main is not None and main.cpu_binding is not None):
+    if "VLLM_CPU_OMP_THREADS_BIND" in os.environ or main_binding is not None:
         return None
     cores = _allowed_cores()
     return str(cores[-1]) if len(cores) > 1 else None
