@@ -363,7 +363,7 @@ class EngineSession:
             if wd.stdin is not None:
                 wd.stdin.close()
         try:
-            wd.wait(timeout=10)
+            wd.wait(timeout=15)  # its grace (8 s) and SIGKILL wait (2 s), should anything be left
         except subprocess.TimeoutExpired:
             wd.kill()
             wd.wait()
