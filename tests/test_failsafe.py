@@ -5,6 +5,7 @@ with nothing left behind (real engine, tiny model; the signal test runs the CLI 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -14,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -300,7 +302,9 @@ def test_recipe_dataset_files_beside_the_recipe_or_in_the_working_directory(tmp_
 N_SIGNAL = 12
 
 
-def _start(out: Path) -> subprocess.Popen:
+def _start(out: Path, limit: int = N_SIGNAL, stderr: Any = subprocess.PIPE) -> subprocess.Popen:
+    """Start ``reasonexit eval`` on ``limit`` problems writing to ``out``, as a shell job would
+    (a session of its own), its stderr to ``stderr`` (a pipe unless a file is given)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLLM_CPU_KVCACHE_SPACE": "2"}
     cmd = [
         sys.executable,
@@ -309,7 +313,7 @@ def _start(out: Path) -> subprocess.Popen:
         "eval",
         *CLI_ENGINE_ARGS,
         "--limit",
-        str(N_SIGNAL),
+        str(limit),
         "--max-tokens",
         "256",
         "--max-in-flight",
@@ -319,9 +323,7 @@ def _start(out: Path) -> subprocess.Popen:
         "--quiet",
     ]
     # a session of its own, like a shell job: SIGINT to its process group is what Ctrl-C sends
-    return subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
 
 
 def _lines(out: Path) -> list[bytes]:
@@ -346,15 +348,19 @@ def _await_row(proc: subprocess.Popen, out: Path, before: int, started: dict[int
 
 
 def _assert_none_left(started: dict[int, psutil.Process]) -> None:
-    """Nothing a run started outlives it by more than 10 s (the watchdog covers SIGKILL)."""
-    gone_by = time.monotonic() + 10
+    """Nothing a run started outlives it by more than 15 s (the watchdog covers SIGKILL: it gives the
+    EngineCore 8 s to stop its workers and exit, then kills what is left)."""
+    gone_by = time.monotonic() + 15
     alive = [p for p in started.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     while alive and time.monotonic() < gone_by:
         time.sleep(0.2)
         alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = []
     for p in alive:
-        p.kill()
-    assert not alive, f"orphaned: {[(p.pid, p.name()) for p in alive]}"
+        with contextlib.suppress(psutil.Error):
+            left.append((p.pid, p.status(), " ".join(p.cmdline())[:120]))
+            p.kill()
+    assert not alive, f"orphaned: {left}"
 
 
 def _signal_rounds(out: Path, rng: random.Random) -> bool:
@@ -442,3 +448,38 @@ def test_a_dead_engine_ends_the_run_with_one_line_and_keeps_its_rows(tmp_path):
     done = int(ours[0].split("died; ")[1].split(" of ")[0])
     assert 1 <= done == len(lines) - 1 < N_SIGNAL
     _assert_none_left(started)
+
+
+def test_a_killed_run_writes_nothing_after_it_ends_and_leaves_no_process(tmp_path):
+    """SIGKILL of the CLI mid-run (after its first row): once it is dead, nothing more reaches its
+    stderr (the terminal of a shell job) and every process it started ends (the watchdog stops the
+    EngineCore, which stops its worker; stopping the worker first made the EngineCore dump tens of
+    KB there); the same command then resumes the run to whole, unique rows."""
+    limit = 4
+    out, err_path = tmp_path / "run.jsonl", tmp_path / "stderr.txt"
+    with err_path.open("wb") as err_file:
+        proc = _start(out, limit, stderr=err_file)
+    me = psutil.Process(proc.pid)
+    started: dict[int, psutil.Process] = {}
+    _await_row(proc, out, 0, started)
+    for c in me.children(recursive=True):
+        started.setdefault(c.pid, c)
+    names = [" ".join(p.cmdline()) for p in started.values() if p.is_running()]
+    assert proc.poll() is None, "the run finished before the kill: make it longer"
+    assert any("VLLM::EngineCore" in n for n in names) and any("VLLM::Worker" in n for n in names), names
+    proc.kill()
+    proc.wait()
+    at_kill = err_path.stat().st_size
+    # every process that holds the run's stderr is one it started: once they are all gone, nothing
+    # more can be written (the watchdog, the last, exits a few seconds after the kill)
+    _assert_none_left(started)
+    after = err_path.read_bytes()[at_kill:]
+    shown = after[:3000].decode(errors="replace")
+    assert after == b"", f"{len(after)} bytes written to stderr after the kill:\n{shown}"
+    resume = _start(out, limit)
+    _, err = resume.communicate(timeout=400)
+    assert resume.returncode == 0, err[-2000:]
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # ends with a whole line
+    rows = [json.loads(ln) for ln in lines[:-1]]  # every line parses: none torn
+    assert len(rows) == limit and len({r["id"] for r in rows}) == limit

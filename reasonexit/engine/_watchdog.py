@@ -21,13 +21,18 @@ Protocol (lines on stdin):
 The watchdog records the descendants of the adopted processes (every quarter second while the
 engine starts, every two seconds after). When
 its input ends (the parent closed it, or died) or its parent changes (the parent died while a
-forked child still holds the pipe), it sends SIGTERM to every recorded process still running
-(EngineCore and workers shut down in order on SIGTERM), waits up to four seconds, sends SIGKILL
-to the rest and exits. After a clean shutdown there is nothing left to signal.
+forked child still holds the pipe), it sends SIGTERM to the EngineCore (to each recorded process
+whose parent is not one of them), which shuts its workers down and exits, as on vLLM's own
+shutdown; it waits up to eight seconds for every recorded process, sends SIGKILL to the rest and
+exits. A worker must not be signalled under a running EngineCore: the EngineCore takes its exit
+for a crash and writes a dump of its inputs and a traceback to the terminal it inherited, which
+after a ``kill -9`` is the terminal of a command that has already ended. After a clean shutdown
+there is nothing left to signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import sys
@@ -38,7 +43,9 @@ import psutil
 POLL_S = 0.25
 #: Seconds between scans of the process tree once the engine is up (its processes are set by then).
 SCAN_S = 2.0
-GRACE_S = 4.0
+#: Seconds the EngineCore gets to stop its workers and exit before everything left gets SIGKILL
+#: (about three on an idle machine; more when other engines share the cores).
+GRACE_S = 8.0
 
 
 def _is_helper(proc: psutil.Process) -> bool:
@@ -117,25 +124,59 @@ def _scan(
             continue
 
 
+def _alive(proc: psutil.Process) -> bool:
+    """True while ``proc`` (same pid and start time) runs and is not a zombie."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def _tops(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """The running processes of ``procs`` whose parent is not one of them: the EngineCores, and any
+    process whose EngineCore is already gone."""
+    alive = [p for p in procs if _alive(p)]
+    pids = {p.pid for p in alive}
+    tops = []
+    for p in alive:
+        try:
+            if p.ppid() not in pids:
+                tops.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return tops
+
+
 def _stop(procs: list[psutil.Process]) -> None:
-    """SIGTERM every process still running (same pid and start time), then SIGKILL after the grace."""
-    alive = []
-    for p in procs:
-        try:
-            if p.is_running():
-                p.terminate()
-                alive.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    if not alive:
-        return
-    _, left = psutil.wait_procs(alive, timeout=GRACE_S)
+    """Stop the engine processes the way vLLM stops them itself, then SIGKILL what is left.
+
+    Only the top of each process tree gets SIGTERM: an EngineCore shuts its workers down before
+    it exits. Signalling a worker under a running EngineCore instead makes the EngineCore report
+    the worker's death as a crash, with a dump of its inputs and a traceback (tens of KB) written
+    into the terminal of a command that has already ended. What still runs after the grace gets
+    SIGKILL, which prints nothing.
+    """
+    for p in _tops(procs):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            p.terminate()
+    left = _wait_gone(procs, GRACE_S)
     for p in left:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
             p.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    psutil.wait_procs(left, timeout=2)
+    _wait_gone(left, 2.0)
+
+
+def _wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait up to ``timeout`` seconds until none of ``procs`` runs; return those still running.
+
+    A zombie counts as gone: these processes are not our children, and the one that reaps them
+    (their parent, or init) may do so late or, in some containers, never."""
+    deadline = time.monotonic() + timeout
+    left = [p for p in procs if _alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [p for p in left if _alive(p)]
+    return left
 
 
 if __name__ == "__main__":
