@@ -205,7 +205,7 @@ class Watchdog:
             if proc.stdin is not None:
                 proc.stdin.close()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)  # its grace (8 s) and SIGKILL wait (2 s), should anything be left
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
