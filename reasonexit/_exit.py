@@ -1,9 +1,9 @@
 """Quick interpreter exit for processes that hold vLLM and torch.
 
 A process with vLLM, torch and a model loaded holds some 600,000 Python objects, and the
-garbage collections CPython runs while it finalizes walk them all: measured on 2 busy cores,
-about 7 s after the last line of ``reasonexit eval`` and about 3 s of every engine shutdown
-(the EngineCore process's own exit, which ``AsyncLLM.shutdown`` waits for). Freezing the
+garbage collections CPython runs while it finalizes walk them all, seconds after the last line
+of ``reasonexit eval`` and in every engine shutdown (the EngineCore process's own exit, which
+``AsyncLLM.shutdown`` waits for; figures in docs/results.md). Freezing the
 collector at exit (:func:`gc.freeze`) skips those walks. Objects are still freed when their last
 reference goes; only garbage in reference cycles is left for the operating system to reclaim,
 so no ``__del__`` of such an object runs at exit (engines are shut down explicitly before:

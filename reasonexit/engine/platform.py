@@ -156,9 +156,8 @@ def cpu_binding(config: EngineConfig) -> str | None:
     to leave the choice to vLLM (or to the variable, when the user set it).
 
     vLLM keeps one core per worker for its scheduler processes and binds the model threads to the
-    rest. On a 2-core machine that leaves the model one core: the main job's 300 problems took
-    24.9-27.8 s per pass there, and 20.9-25.0 s with the threads on both cores (scheduler and
-    threads then share one). So a lone engine on a machine of at most :data:`SMALL_MACHINE_CORES`
+    rest. On a 2-core machine that leaves the model one core, and a pass is faster with the threads
+    on both cores (scheduler and threads then share one; see docs/results.md). So a lone engine on a machine of at most :data:`SMALL_MACHINE_CORES`
     cores takes them all, unless another CPU engine runs in this process, a method built here will
     start one, or the process serves HTTP (:func:`reserve_spare_core`).
     """
@@ -177,8 +176,8 @@ def spare_cpu_core(main_binding: str | None = None) -> str | None:
 
     On CPU, vLLM binds a worker's threads to all cores of its NUMA node but the last, which it
     keeps for the scheduler processes. A second, small engine (a FlashThink verifier) bound there
-    runs beside the first instead of sharing its cores: on the 2-core testbed, FlashThink with the
-    trained verifier took 4.4-4.9 s per 128 problems instead of 5.9-6.7 s. ``None`` when the user
+    runs beside the first instead of sharing its cores (faster on the 2-core testbed; see
+    docs/results.md). ``None`` when the user
     set ``VLLM_CPU_OMP_THREADS_BIND``, when the main engine was bound to cores of its own choosing
     (``main_binding``, its :func:`cpu_binding`), or when the machine has a single core.
     """
@@ -231,8 +230,7 @@ def resolve_dtype(config: EngineConfig) -> tuple[str, str | None]:
     """The dtype to run in, and a note when ``auto`` chose float32 over the checkpoint's bfloat16.
 
     On a CPU without native bfloat16 a bfloat16 checkpoint runs about 2x slower than in float32
-    (measured: 72.7 s against 36.2 s for the same 128 problems on an AVX2 CPU), so ``auto`` picks
-    float32 there; a float32 checkpoint (the bundled testbed) stays float32, where vLLM's CPU
+    (docs/results.md), so ``auto`` picks float32 there; a float32 checkpoint (the bundled testbed) stays float32, where vLLM's CPU
     backend would downcast it. Anything but ``auto`` is passed to vLLM as given.
     """
     if config.dtype != "auto" or on_gpu():

@@ -22,12 +22,9 @@ Modes (:data:`Mode`):
   and the tokens decoded past the cut are counted as compute (``discarded_tokens``).
 - ``auto`` (default): branch-parallel on GPU, and on CPU when the checks run on another engine
   or endpoint (FlashThink's ``model`` / ``trained`` / ``served`` verifiers); sequential when the
-  checks share the CPU engine with the trace. On the 2-core CPU testbed, with probes on the same
-  engine, sequential was measured faster when checks are frequent (128 problems, 1.55 probes
-  each: 13.0 s vs 15.1 s) and about equal with one check per problem: there decoding is
-  compute-bound, so overlapping checks with decoding costs compute instead of hiding latency.
-  With the trained verifier in its own engine process, branch-parallel was faster (128 problems:
-  5.1 s vs 6.6 s): the verifier's work then overlaps the trace's on the other core.
+  checks share the CPU engine with the trace: there decoding is compute-bound, so overlapping
+  checks with decoding costs compute instead of hiding latency; with a verifier in its own engine
+  process, its work overlaps the trace's on the other core (figures: docs/results.md).
 
 Under greedy decoding both modes make the same exits (decisions are taken in trace order).
 
