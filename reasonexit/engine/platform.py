@@ -157,7 +157,8 @@ def cpu_binding(config: EngineConfig) -> str | None:
 
     vLLM keeps one core per worker for its scheduler processes and binds the model threads to the
     rest. On a 2-core machine that leaves the model one core, and a pass is faster with the threads
-    on both cores (scheduler and threads then share one; see docs/results.md). So a lone engine on a machine of at most :data:`SMALL_MACHINE_CORES`
+    on both cores (scheduler and threads then share one; see docs/results.md). So a lone engine
+    on a machine of at most :data:`SMALL_MACHINE_CORES`
     cores takes them all, unless another CPU engine runs in this process, a method built here will
     start one, or the process serves HTTP (:func:`reserve_spare_core`).
     """
@@ -230,8 +231,8 @@ def resolve_dtype(config: EngineConfig) -> tuple[str, str | None]:
     """The dtype to run in, and a note when ``auto`` chose float32 over the checkpoint's bfloat16.
 
     On a CPU without native bfloat16 a bfloat16 checkpoint runs about 2x slower than in float32
-    (docs/results.md), so ``auto`` picks float32 there; a float32 checkpoint (the bundled testbed) stays float32, where vLLM's CPU
-    backend would downcast it. Anything but ``auto`` is passed to vLLM as given.
+    (docs/results.md), so ``auto`` picks float32 there; a float32 checkpoint (the bundled testbed)
+    stays float32, where vLLM's CPU backend would downcast it. Anything but ``auto`` is passed to vLLM as given.
     """
     if config.dtype != "auto" or on_gpu():
         return config.dtype, None
