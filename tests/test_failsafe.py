@@ -363,6 +363,17 @@ def _assert_none_left(started: dict[int, psutil.Process]) -> None:
     assert not alive, f"orphaned: {left}"
 
 
+def _resume_gives_whole_unique_rows(out: Path, limit: int) -> None:
+    """Re-run the same command: it completes, and the file holds ``limit`` whole, unique rows."""
+    resume = _start(out, limit)
+    _, err = resume.communicate(timeout=400)
+    assert resume.returncode == 0, err[-2000:]
+    lines = out.read_bytes().split(b"\n")
+    assert lines[-1] == b""  # ends with a whole line
+    rows = [json.loads(ln) for ln in lines[:-1]]  # every line parses: none torn
+    assert len(rows) == limit and len({r["id"] for r in rows}) == limit
+
+
 def _signal_rounds(out: Path, rng: random.Random) -> bool:
     """The three signal rounds of the test below; False when a run had written every row before
     its signal was sent (the test's process was held up; the premise of a mid-run signal failed)."""
@@ -413,13 +424,7 @@ def test_signals_end_runs_in_order_and_resumes_complete_them(tmp_path):
             break
     else:
         pytest.fail("both attempts had every row written before a signal was sent: make the run longer")
-    resume = _start(out)
-    _, err = resume.communicate(timeout=400)
-    assert resume.returncode == 0, err[-2000:]
-    lines = out.read_bytes().split(b"\n")
-    assert lines[-1] == b""  # ends with a whole line
-    rows = [json.loads(ln) for ln in lines[:-1]]  # every line parses: none torn
-    assert len(rows) == N_SIGNAL and len({r["id"] for r in rows}) == N_SIGNAL
+    _resume_gives_whole_unique_rows(out, N_SIGNAL)
 
 
 def test_a_dead_engine_ends_the_run_with_one_line_and_keeps_its_rows(tmp_path):
@@ -476,10 +481,4 @@ def test_a_killed_run_writes_nothing_after_it_ends_and_leaves_no_process(tmp_pat
     after = err_path.read_bytes()[at_kill:]
     shown = after[:3000].decode(errors="replace")
     assert after == b"", f"{len(after)} bytes written to stderr after the kill:\n{shown}"
-    resume = _start(out, limit)
-    _, err = resume.communicate(timeout=400)
-    assert resume.returncode == 0, err[-2000:]
-    lines = out.read_bytes().split(b"\n")
-    assert lines[-1] == b""  # ends with a whole line
-    rows = [json.loads(ln) for ln in lines[:-1]]  # every line parses: none torn
-    assert len(rows) == limit and len({r["id"] for r in rows}) == limit
+    _resume_gives_whole_unique_rows(out, limit)
