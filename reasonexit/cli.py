@@ -71,7 +71,7 @@ def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] 
     from .engine import EngineConfig
     from .methods.base import Decoding
     from .options import add_arguments
-    from .serve.app import ServeOptions
+    from .serve import ServeOptions
 
     p = sub.add_parser(
         "serve",
@@ -260,7 +260,7 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     from .engine import EngineConfig, get_session
     from .methods.base import Decoding, make_method
     from .options import collect
-    from .serve.app import ServeOptions, serve
+    from .serve import ServeOptions, serve
 
     values = vars(args)
     options = ServeOptions(**collect(ServeOptions, values))

@@ -3,7 +3,7 @@
     python scripts/bench_serve.py                       # 64 clients, 256 requests, vanilla and deer
     python scripts/bench_serve.py --clients 4 --requests 8 --max-tokens 64   # a quick check
 
-One engine session serves both paths: the server (``reasonexit.serve.app.create_app`` under uvicorn on
+One engine session serves both paths: the server (``reasonexit.serve.create_app`` under uvicorn on
 the engine's loop, as ``reasonexit serve`` runs it, on a loopback port; ``--server-loop thread``
 gives it a loop and thread of its own) is driven by streaming ``aiohttp`` clients (to time the first
 token) from a process of their own, as real clients are (in the server's process they would compete
@@ -160,7 +160,7 @@ def main() -> None:
     from reasonexit.engine import EngineConfig, get_session, reserve_spare_core
     from reasonexit.methods.base import Decoding, make_method
     from reasonexit.runs.runner import Job, solve_job
-    from reasonexit.serve.app import create_app, start_server
+    from reasonexit.serve import create_app, start_server
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=64)
@@ -189,7 +189,7 @@ def main() -> None:
         ap.error(f"--paths takes server, in-process or both (comma-separated), got {args.paths!r}")
     paths = [path_names[p] for p in dict.fromkeys(args.paths.split(","))]
     if args.stream_interval is None:
-        from reasonexit.serve.app import ServeOptions
+        from reasonexit.serve import ServeOptions
 
         args.stream_interval = ServeOptions().stream_interval
 

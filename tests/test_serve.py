@@ -16,7 +16,7 @@ from reasonexit import generate
 from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
 from reasonexit.methods.base import Decoding
-from reasonexit.serve.app import create_app, start_server
+from reasonexit.serve import create_app, start_server
 
 KEY = "test-key"
 MAX = 192
@@ -373,7 +373,8 @@ def test_stop_strings_end_the_answer(session, client, method, opts, include):
 def test_stop_string_hold_back():
     """What the stream holds back: the end of the text that may begin a stop string, and nothing
     from a complete one on."""
-    from reasonexit.serve.app import _cut_at_stop, _stop_prefix_start
+    from reasonexit.serve.responses import cut_at_stop as _cut_at_stop
+    from reasonexit.serve.responses import stop_prefix_start as _stop_prefix_start
 
     assert _stop_prefix_start("the answer is \\bo", ["boxed"]) == len("the answer is \\")
     assert _stop_prefix_start("the answer is 4", ["boxed", "\n\n"]) == len("the answer is 4")
@@ -442,7 +443,7 @@ def test_request_methods_are_built_once_per_name_and_options(session):
     import collections
 
     from reasonexit.methods import make_method
-    from reasonexit.serve.app import _request_method
+    from reasonexit.serve.serving import _request_method
 
     default = make_method("vanilla")
     cache = collections.OrderedDict()
@@ -462,7 +463,7 @@ def test_serve_leaves_the_front_end_a_core_before_the_engine_starts(session, mon
     """``serve`` notes, before it starts the engine, that the HTTP front end needs a core, so a CPU
     engine on a small machine leaves vLLM's spare core free instead of taking every core."""
     import reasonexit.engine.platform as eng
-    from reasonexit.serve.app import ServeOptions, serve
+    from reasonexit.serve import ServeOptions, serve
 
     monkeypatch.setattr(eng, "_SPARE_CORE_WANTED", False)  # as in a fresh process
     seen: list[bool] = []

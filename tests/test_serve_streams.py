@@ -22,7 +22,7 @@ from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
 from reasonexit.engine import session as engine_mod
 from reasonexit.methods.base import Decoding
-from reasonexit.serve.app import create_app, start_server
+from reasonexit.serve import create_app, start_server
 
 KEY = "test-key"
 MAX = 320  # long enough that many answers start, and a step's text often spans the end of thinking
