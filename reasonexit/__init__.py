@@ -29,11 +29,11 @@ _LAZY = {
     "agenerate": "api",
     "evaluate": "api",
     "generate": "api",
-    "DEFAULT_MODEL": "engine",
-    "EngineConfig": "engine",
-    "EngineSession": "engine",
-    "get_session": "engine",
-    "Result": "results",
+    "DEFAULT_MODEL": "engine.session",
+    "EngineConfig": "engine.session",
+    "EngineSession": "engine.session",
+    "get_session": "engine.session",
+    "Result": "runs.results",
 }
 
 __all__ = [
