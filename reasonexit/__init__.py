@@ -19,15 +19,16 @@ from .errors import UserError
 freeze_gc_at_exit_in_engine_processes()
 
 if TYPE_CHECKING:
-    from .api import agenerate, evaluate, generate
+    from .api import agenerate, generate
     from .engine.session import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+    from .runs.evaluate import evaluate
     from .runs.results import Result
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "agenerate": "api",
-    "evaluate": "api",
+    "evaluate": "runs.evaluate",
     "generate": "api",
     "DEFAULT_MODEL": "engine.session",
     "EngineConfig": "engine.session",

@@ -216,12 +216,13 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     Nothing is started and no file is created until every check has passed; the result file
     appears with its first row.
     """
-    from .api import check_decoding, default_run_path, evaluate, run_signature
+    from .api import check_decoding
     from .data.datasets import load_problems
     from .engine.session import get_session
     from .methods.base import make_method
+    from .runs.evaluate import evaluate
     from .runs.report import markdown_table, plot_accuracy_vs_tokens, summarize
-    from .runs.runner import check_run_file
+    from .runs.runfile import default_run_path, open_run, run_signature
 
     run, decoding, config = _eval_settings(args)
     method = make_method(run.method, _method_options(extra))
@@ -230,7 +231,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     check_decoding(decoding)
     signature = run_signature(config.model, run.dataset, method, decoding, samples=run.samples)
     out = Path(run.out) if run.out else default_run_path(signature)
-    check_run_file(out)
+    run_file = open_run(out, signature)  # checked before anything starts; evaluate does not check it again
     problems = load_problems(
         run.dataset,
         limit=run.limit,
@@ -261,7 +262,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             method,
             session,
             decoding,
-            out,
+            run_file,
             signature=signature,
             max_in_flight=run.max_in_flight,
             progress=not run.quiet,
