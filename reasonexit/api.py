@@ -16,6 +16,7 @@ from typing import Any
 from .engine.session import EngineConfig, EngineSession, get_session
 from .errors import UserError
 from .methods.base import Decoding, Method, make_method
+from .runs.options import EvalOptions
 from .runs.results import Result
 from .runs.runner import Prompt, prompt_job, solve_all
 
@@ -54,21 +55,6 @@ def _prompt_list(prompts: Any) -> list[Prompt]:
     return items
 
 
-def check_decoding(decoding: Decoding) -> None:
-    """Check sampling settings with vLLM's own ``SamplingParams`` validation (no engine needed)."""
-    from vllm import SamplingParams
-
-    if not isinstance(decoding.max_tokens, int) or decoding.max_tokens < 1:
-        raise UserError(f"max_tokens must be an integer >= 1, got {decoding.max_tokens!r}")
-    try:
-        SamplingParams(
-            temperature=decoding.temperature, top_p=decoding.top_p, max_tokens=decoding.max_tokens, seed=decoding.seed
-        )
-    except Exception as exc:  # noqa: BLE001 - vLLM's VLLMValidationError is not a ValueError
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"bad sampling settings: {first}") from None
-
-
 def _prepare(
     prompts: Prompt | Sequence[Prompt],
     method: str | Method,
@@ -85,16 +71,15 @@ def _prepare(
     coroutine that solves all prompts on it; ``None`` for no prompts (nothing is checked or started).
 
     Everything is checked before the engine starts: the prompts, method and options, sampling
-    settings, ``max_in_flight``, and the prompts against the model.
+    settings (:class:`~reasonexit.methods.base.Decoding`), ``max_in_flight``
+    (:class:`~reasonexit.runs.options.EvalOptions`), and the prompts against the model.
     """
     items = _prompt_list(prompts)
     if not items:
         return None
     meth = _method(method, method_options)
     checked = Decoding(**decoding)
-    check_decoding(checked)
-    if not isinstance(max_in_flight, int) or max_in_flight < 1:
-        raise UserError(f"max_in_flight must be >= 1, got {max_in_flight!r}")
+    EvalOptions(max_in_flight=max_in_flight)  # checks it, as for `reasonexit eval --max-in-flight`
     session = session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
     meth.check_model(session.markers.has_thinking)
     if golds is not None and len(golds) != len(items):

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from .. import step_rules
 from ..engine.session import Completion, EngineSession, Usage
 from ..errors import UserError
-from ..options import convert, opt
+from ..options import check_at_least, convert, opt
 
 
 @dataclass
@@ -33,6 +33,18 @@ class Decoding:
     max_tokens: int = opt(2048, help="cap on generated tokens per problem (thinking and answer)")
     seed: int = opt(0, help="seed of the engine and of every sampled request")
     top_k: int = opt(-1, help="sample from the k most likely tokens only (-1: no limit)")
+
+    def __post_init__(self) -> None:
+        """Check the settings before any engine starts: ``max_tokens``, then the rest with vLLM's
+        own ``SamplingParams`` validation (no engine needed); one-line :class:`UserError` s."""
+        check_at_least("max_tokens", self.max_tokens, 1, rule="be an integer >= 1")
+        from vllm import SamplingParams
+
+        try:
+            SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
+        except Exception as exc:  # noqa: BLE001 - vLLM's VLLMValidationError is not a ValueError
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"bad sampling settings: {first}") from None
 
 
 @dataclass

@@ -179,10 +179,9 @@ async def solve_all(
     A problem whose controller raises gets a result with ``exit_reason="error"`` and the one-line
     cause in ``error``; the other problems go on. With ``fail_fast``, the first failure instead
     cancels every other problem and raises :class:`~reasonexit.errors.ProblemFailed`. A dead
-    engine always ends the whole call (its ``EngineDeadError`` propagates).
+    engine always ends the whole call (its ``EngineDeadError`` propagates). ``max_in_flight`` is
+    taken as given: callers check it (:class:`~reasonexit.runs.options.EvalOptions`).
     """
-    if max_in_flight < 1:
-        raise UserError("--max-in-flight must be >= 1")
     sem = asyncio.Semaphore(max_in_flight)
     idx = list(indices) if indices is not None else list(range(len(jobs)))
 

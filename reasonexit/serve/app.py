@@ -279,7 +279,7 @@ def create_app(
                 raise ApiError(400, str(exc), param, code="context_length_exceeded") from None
         if max_tokens < 1:
             raise ApiError(400, f"max_tokens must be >= 1, got {max_tokens}", "max_tokens")
-        dec = replace(
+        dec = _decoding(
             defaults,
             max_tokens=max_tokens,
             temperature=float(_get(body, "temperature", (int, float), defaults.temperature)),
@@ -287,7 +287,6 @@ def create_app(
             top_k=_get(body, "top_k", int, defaults.top_k),
             seed=_get(body, "seed", int, defaults.seed),
         )
-        _check_decoding(dec)
         n = _get(body, "n", int, 1)
         if not 1 <= n <= max_n:
             raise ApiError(400, f"n must be between 1 and {max_n}, got {n}", "n")
@@ -422,11 +421,10 @@ def _streams_watch_disconnect(scope: Any) -> bool:
         return False
 
 
-def _check_decoding(dec: Decoding) -> None:
-    from ..api import check_decoding
-
+def _decoding(defaults: Decoding, **changes: Any) -> Decoding:
+    """The request's decoding settings, checked by :class:`Decoding` itself (a bad one is a 400)."""
     try:
-        check_decoding(dec)
+        return replace(defaults, **changes)
     except UserError as exc:
         text = str(exc)
         param = next((p for p in ("temperature", "top_p", "top_k", "seed", "max_tokens") if p in text), None)
