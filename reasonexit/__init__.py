@@ -10,10 +10,10 @@ installs its signal handlers before that (a Ctrl-C while it loads gets one line,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._exit import freeze_gc_at_exit_in_engine_processes
+from ._lazy import lazy_names
 from .errors import UserError
 
 freeze_gc_at_exit_in_engine_processes()
@@ -49,15 +49,4 @@ __all__ = [
     "get_session",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'reasonexit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)
