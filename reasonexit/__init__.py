@@ -10,30 +10,31 @@ installs its signal handlers before that (a Ctrl-C while it loads gets one line,
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._exit import freeze_gc_at_exit_in_engine_processes
+from ._lazy import lazy_names
 from .errors import UserError
 
 freeze_gc_at_exit_in_engine_processes()
 
 if TYPE_CHECKING:
-    from .api import agenerate, evaluate, generate
+    from .api import agenerate, generate
     from .engine import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+    from .runs.evaluate import evaluate
     from .runs.results import Result
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "agenerate": "api",
-    "evaluate": "api",
+    "evaluate": "runs.evaluate",
     "generate": "api",
-    "DEFAULT_MODEL": "engine",
-    "EngineConfig": "engine",
-    "EngineSession": "engine",
-    "get_session": "engine",
-    "Result": "results",
+    "DEFAULT_MODEL": "engine.session",
+    "EngineConfig": "engine.session",
+    "EngineSession": "engine.session",
+    "get_session": "engine.session",
+    "Result": "runs.results",
 }
 
 __all__ = [
@@ -48,15 +49,4 @@ __all__ = [
     "get_session",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'reasonexit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)

@@ -164,14 +164,16 @@ def _eval_settings(args: argparse.Namespace) -> tuple[EvalOptions, Decoding, Eng
     """
     from .engine import EngineConfig
     from .methods.base import Decoding
-    from .options import collect
+    from .options import OptionError, collect
     from .runs.options import PRESETS, EvalOptions
 
     values = vars(args)
-    run = EvalOptions(**collect(EvalOptions, values))
-    run.validate()
-    given = collect(Decoding, values)
-    decoding = Decoding(**{**PRESETS.get(run.preset or "", {}), **given})
+    try:  # the settings check themselves; a bad one is named by its flag
+        run = EvalOptions(**collect(EvalOptions, values))
+        given = collect(Decoding, values)
+        decoding = Decoding(**{**PRESETS.get(run.preset or "", {}), **given})
+    except OptionError as exc:
+        raise UserError(exc.flag_message) from None
     engine_kw = collect(EngineConfig, values, skip=("seed",), dest_prefix="engine.")
     engine = EngineConfig(**engine_kw, seed=decoding.seed)
     return run, decoding, engine
@@ -183,21 +185,18 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     Nothing is started and no file is created until every check has passed; the result file
     appears with its first row.
     """
-    from .api import check_decoding, default_run_path, evaluate, run_signature
     from .data.datasets import load_problems
     from .engine import get_session
     from .methods.base import make_method
+    from .runs.evaluate import evaluate
     from .runs.report import markdown_table, plot_accuracy_vs_tokens, summarize
-    from .runs.runner import check_run_file
+    from .runs.runfile import default_run_path, open_run, run_signature
 
     run, decoding, config = _eval_settings(args)
     method = make_method(run.method, _method_options(extra))
-    if decoding.max_tokens < 1:
-        raise UserError("--max-tokens must be >= 1")
-    check_decoding(decoding)
     signature = run_signature(config.model, run.dataset, method, decoding, samples=run.samples)
     out = Path(run.out) if run.out else default_run_path(signature)
-    check_run_file(out)
+    run_file = open_run(out, signature)  # checked before anything starts; evaluate does not check it again
     problems = load_problems(
         run.dataset,
         limit=run.limit,
@@ -227,7 +226,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             method,
             session,
             decoding,
-            out,
+            run_file,
             signature=signature,
             max_in_flight=run.max_in_flight,
             progress=not run.quiet,
@@ -264,12 +263,9 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
 
     values = vars(args)
     options = ServeOptions(**collect(ServeOptions, values))
-    decoding = Decoding(**collect(Decoding, values))
+    decoding = Decoding(**collect(Decoding, values))  # checks itself
     method_options = _method_options(extra)
     make_method(options.method, method_options)  # checked before anything starts
-    from .api import check_decoding
-
-    check_decoding(decoding)
     if not 0 < options.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {options.port}")
     engine_kw = collect(EngineConfig, values, skip=("seed",), dest_prefix="engine.")

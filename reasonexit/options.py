@@ -33,6 +33,29 @@ def opt(default: Any = MISSING, *, help: str, default_factory: Any = MISSING, fl
     return dataclasses.field(default=default, metadata=meta)
 
 
+class OptionError(UserError):
+    """A setting given a value it cannot take, raised where its options dataclass checks itself
+    (``__post_init__``).
+
+    The message names the setting as a Python keyword (``max_in_flight must be >= 1, got 0``);
+    :attr:`flag_message` names it as the command line does (``--max-in-flight must be >= 1``), and
+    :attr:`name` is the field, for a caller that reports which input was wrong.
+    """
+
+    def __init__(self, name: str, value: Any, rule: str, flag_rule: str | None = None) -> None:
+        self.name = name
+        self.value = value
+        self.flag_message = f"--{name.replace('_', '-')} must {flag_rule or rule}"
+        super().__init__(f"{name} must {rule}, got {value!r}")
+
+
+def check_at_least(name: str, value: Any, low: int, rule: str | None = None) -> None:
+    """Raise an :class:`OptionError` unless ``value`` is an integer >= ``low`` (``rule``: the
+    keyword message's wording, default ``be >= low``; the flag message always says ``be >= low``)."""
+    if not isinstance(value, int) or value < low:
+        raise OptionError(name, value, rule or f"be >= {low}", f"be >= {low}")
+
+
 def flag_of(f: dataclasses.Field) -> str:
     """The command-line flag of a field."""
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")

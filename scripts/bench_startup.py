@@ -30,8 +30,7 @@ def main() -> int:
     from reasonexit.engine import DEFAULT_MODEL, EngineConfig, get_session
     from reasonexit.methods import make_method
     from reasonexit.methods.base import Decoding
-    from reasonexit.runs.bench import jobs_for
-    from reasonexit.runs.runner import solve_all
+    from reasonexit.runs.runner import jobs_for, solve_all
 
     session = get_session(EngineConfig(model=args.model or DEFAULT_MODEL))  # the main job's defaults
     jobs = jobs_for(session, load_problems("synthetic", limit=args.limit))

@@ -128,9 +128,8 @@ def _one_runner(args: argparse.Namespace) -> int:
     from reasonexit.errors import UserError
     from reasonexit.methods import make_method, method_names
     from reasonexit.methods.base import Decoding
-    from reasonexit.runs.bench import jobs_for
     from reasonexit.runs.report import markdown_table, summarize
-    from reasonexit.runs.runner import solve_all
+    from reasonexit.runs.runner import jobs_for, solve_all
 
     try:
         # Every method is built before the engine starts, so the engine registers their per-step

@@ -117,7 +117,7 @@ def collect(args: argparse.Namespace, session: Any = None) -> tuple[list[dict], 
     from reasonexit.data.datasets import load_problems
     from reasonexit.engine import DEFAULT_MODEL, EngineConfig, Usage, get_session
     from reasonexit.methods.flashthink import _Chunks
-    from reasonexit.runs.bench import jobs_for
+    from reasonexit.runs.runner import jobs_for
     from reasonexit.thinking import closing_ids, split_completion
 
     own = session is None

@@ -9,8 +9,7 @@ import pytest
 
 from reasonexit.data.datasets import load_problems
 from reasonexit.methods import Decoding, make_method
-from reasonexit.runs.bench import jobs_for
-from reasonexit.runs.runner import solve_all
+from reasonexit.runs.runner import jobs_for, solve_all
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "deer_reference.json").read_text())
 

@@ -49,7 +49,7 @@ def test_labels_come_from_real_exits_at_every_boundary(tv, session, labelled):
 
 def test_examples_hold_question_and_reasoning_only(tv, session, labelled):
     from reasonexit.data.datasets import load_problems
-    from reasonexit.runs.bench import jobs_for
+    from reasonexit.runs.runner import jobs_for
 
     args, rows, _ = labelled
     problems = {p.id: p for p in load_problems("synthetic", limit=8, split="train", synthetic_seed=args.seed)}

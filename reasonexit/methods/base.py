@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 
 from .. import step_rules
 from ..engine import Completion, EngineSession, Usage
-from ..errors import UserError
-from ..options import convert, opt
+from ..errors import UserError, first_line
+from ..options import check_at_least, convert, opt
 from ..registry import Registry, register_in
 
 
@@ -35,6 +35,17 @@ class Decoding:
     max_tokens: int = opt(2048, help="cap on generated tokens per problem (thinking and answer)")
     seed: int = opt(0, help="seed of the engine and of every sampled request")
     top_k: int = opt(-1, help="sample from the k most likely tokens only (-1: no limit)")
+
+    def __post_init__(self) -> None:
+        """Check the settings before any engine starts: ``max_tokens``, then the rest with vLLM's
+        own ``SamplingParams`` validation (no engine needed); one-line :class:`UserError` s."""
+        check_at_least("max_tokens", self.max_tokens, 1, rule="be an integer >= 1")
+        from vllm import SamplingParams
+
+        try:
+            SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
+        except Exception as exc:  # noqa: BLE001 - vLLM's VLLMValidationError is not a ValueError
+            raise UserError(f"bad sampling settings: {first_line(exc)}") from None
 
 
 @dataclass

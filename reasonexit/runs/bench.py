@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..data.datasets import Problem
 from ..engine import EngineSession
 from ..methods.base import Decoding, Method
 from .report import summarize
-from .runner import Job, solve_all
+from .runner import Job, jobs_for, solve_all
 
 
 @dataclass
@@ -28,16 +27,6 @@ class BenchRun:
     rows: list[dict[str, Any]]
     wall_s: float
     summary: dict[str, Any]
-
-
-def jobs_for(session: EngineSession, problems: Sequence[Problem]) -> list[Job]:
-    """Engine jobs (prompt token ids) for dataset problems."""
-    jobs = []
-    for p in problems:
-        ids = session.chat_prompt_ids(p.prompt)
-        session.check_prompt(ids, f"problem {p.id}")
-        jobs.append(Job(id=p.id, prompt_ids=ids, gold=p.gold, kind=p.kind, problem=p.problem))
-    return jobs
 
 
 def run_config(

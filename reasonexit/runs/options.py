@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
-from ..options import opt
+from ..options import check_at_least, opt
 
 
 @dataclass
@@ -42,14 +42,13 @@ class EvalOptions:
     quiet: bool = opt(False, help="no progress bar; errors only")
     verbose: bool = opt(False, help="show vLLM's own logs (quiet by default)")
 
-    def validate(self) -> None:
-        """Reject impossible values before anything starts."""
-        if self.limit is not None and self.limit < 1:
-            raise UserError("--limit must be >= 1")
-        if self.samples < 1:
-            raise UserError("--samples must be >= 1")
-        if self.max_in_flight < 1:
-            raise UserError("--max-in-flight must be >= 1")
+    def __post_init__(self) -> None:
+        """Reject impossible values before anything starts (:class:`~reasonexit.options.OptionError` s;
+        the command line reports them by flag)."""
+        if self.limit is not None:
+            check_at_least("limit", self.limit, 1)
+        check_at_least("samples", self.samples, 1)
+        check_at_least("max_in_flight", self.max_in_flight, 1)
         if self.preset is not None and self.preset not in PRESETS:
             raise UserError(f"unknown --preset {self.preset!r}; choose from: {', '.join(sorted(PRESETS))}")
 

@@ -44,7 +44,7 @@ def summarize(
     written during ``wall_s``, e.g. by one invocation of a resumed run; default: all rows) by
     ``wall_s``.
     """
-    from .runner import latest_rows
+    from .runfile import latest_rows
 
     rows = latest_rows(rows)
     name = run or "(unnamed)"
@@ -174,7 +174,7 @@ def load_rows(path: str | Path, warn: Callable[[str], None] | None = None) -> li
     Lines that are not JSON objects are skipped and reported through ``warn`` (default: a line
     on stderr) with their 1-based line numbers.
     """
-    from .runner import read_run
+    from .runfile import read_run
 
     p = Path(path)
     if not p.is_file():

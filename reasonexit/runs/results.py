@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..data.answers import extract_answer, grade
+from ..data.answers import extract_answer
 from ..data.grading import agrade
 from ..engine import EngineSession, Usage
 from ..methods.base import Outcome
@@ -52,25 +52,6 @@ class Result:
         return row
 
 
-def build_result(
-    session: EngineSession,
-    *,
-    id: str,
-    method_name: str,
-    params: dict[str, Any],
-    outcome: Outcome,
-    usage: Usage,
-    wall_s: float,
-    gold: str | None,
-    kind: str,
-    problem: str = "",
-) -> Result:
-    """Decode, split, extract and grade an outcome into a :class:`Result` (grades in this thread)."""
-    res = _result(session, id, method_name, params, outcome, usage, wall_s, gold, kind, problem)
-    res.correct = grade(res.answer, gold, kind) if gold is not None else None
-    return res
-
-
 async def abuild_result(
     session: EngineSession,
     *,
@@ -84,7 +65,8 @@ async def abuild_result(
     kind: str,
     problem: str = "",
 ) -> Result:
-    """:func:`build_result` for the engine loop: grading runs in a worker, not on the loop."""
+    """Decode, split, extract and grade an outcome into a :class:`Result` (on the engine loop:
+    grading that needs math-verify runs in a worker, not on the loop)."""
     res = _result(session, id, method_name, params, outcome, usage, wall_s, gold, kind, problem)
     res.correct = await agrade(res.answer, gold, kind) if gold is not None else None
     return res

@@ -8,22 +8,24 @@ for a slower one. Results are handed over as each problem finishes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..engine import EngineSession, Usage
 from ..errors import ProblemFailed, UserError, is_engine_dead, one_line
 from ..methods.base import Context, Decoding, Method
 from .results import Result, abuild_result, error_result
 
+if TYPE_CHECKING:
+    from ..data.datasets import Problem
+
 T = TypeVar("T")
+
+#: A prompt: a user message, or a list of chat messages (dicts with ``role`` and ``content``).
+Prompt = str | Sequence[dict[str, str]]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,45 @@ class Job:
     gold: str | None = None
     kind: str = "math"
     problem: str = ""
+
+
+def prompt_job(
+    session: EngineSession,
+    id: str,
+    prompt: Prompt,
+    label: str,
+    gold: str | None = None,
+    kind: str = "math",
+    problem: str = "",
+) -> Job:
+    """The job for one prompt: the chat template applied, the ids checked against the model's context.
+
+    A template that rejects the messages, or a prompt longer than the context, is a one-line
+    :class:`~reasonexit.errors.UserError` naming ``label`` (e.g. ``prompt 2``, ``problem gsm8k-7``).
+    """
+    try:
+        ids = session.chat_prompt_ids(prompt)
+    except UserError:
+        raise
+    except Exception as exc:  # the chat template rejected the messages
+        raise UserError(f"{label}: the chat template failed: {one_line(exc)}") from None
+    session.check_prompt(ids, label)
+    return Job(id=id, prompt_ids=ids, gold=gold, kind=kind, problem=problem)
+
+
+def sample_id(problem_id: str, k: int, samples: int) -> str:
+    """The job id of sample ``k`` of a problem: the problem's id when it is solved once, else ``<id>#<k>``."""
+    return problem_id if samples == 1 else f"{problem_id}#{k}"
+
+
+def jobs_for(session: EngineSession, problems: Sequence[Problem], samples: int = 1) -> list[Job]:
+    """The jobs for dataset problems, in order: ``samples`` jobs a problem (ids from :func:`sample_id`),
+    sharing the problem's prompt ids."""
+    jobs = []
+    for p in problems:
+        job = prompt_job(session, p.id, p.prompt, f"problem {p.id}", p.gold, p.kind, p.problem)
+        jobs.extend(replace(job, id=sample_id(p.id, k, samples)) for k in range(samples))
+    return jobs
 
 
 async def solve_job(
@@ -138,10 +179,9 @@ async def solve_all(
     A problem whose controller raises gets a result with ``exit_reason="error"`` and the one-line
     cause in ``error``; the other problems go on. With ``fail_fast``, the first failure instead
     cancels every other problem and raises :class:`~reasonexit.errors.ProblemFailed`. A dead
-    engine always ends the whole call (its ``EngineDeadError`` propagates).
+    engine always ends the whole call (its ``EngineDeadError`` propagates). ``max_in_flight`` is
+    taken as given: callers check it (:class:`~reasonexit.runs.options.EvalOptions`).
     """
-    if max_in_flight < 1:
-        raise UserError("--max-in-flight must be >= 1")
     sem = asyncio.Semaphore(max_in_flight)
     idx = list(indices) if indices is not None else list(range(len(jobs)))
 
@@ -176,140 +216,3 @@ async def gather_or_cancel(coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-# ---------------------------------------------------------------------------- run files
-def read_run(path: str | os.PathLike, bad_lines: list[int] | None = None) -> list[dict[str, Any]]:
-    """All rows of a run file, in file order (a problem re-run after an error has several rows;
-    :func:`latest_rows` keeps the newest).
-
-    A torn last line (from a killed run) is ignored. Lines that are not a JSON object are skipped;
-    their 1-based line numbers are appended to ``bad_lines`` when it is given.
-    """
-    rows: list[dict[str, Any]] = []
-    p = Path(path)
-    if not p.exists():
-        return rows
-    with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.endswith(b"\n"):
-                break  # torn tail
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
-            elif bad_lines is not None and raw.strip():
-                bad_lines.append(lineno)
-    return rows
-
-
-def latest_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest row of each problem id, in the order ids first appeared (rows without an id are kept)."""
-    latest: dict[Any, dict[str, Any]] = {}
-    for n, r in enumerate(rows):
-        key = ("id", str(r["id"])) if "id" in r else ("row", n)
-        latest.pop(key, None)  # re-insert: a re-run problem moves to where its newest row is
-        latest[key] = r
-    return list(latest.values())
-
-
-def check_run_file(path: str | os.PathLike) -> None:
-    """Refuse an ``--out`` that reasonexit must not write into, before anything is started.
-
-    Usable: a missing file (created when the first row is written) whose parent is, or can be, a
-    directory; or an existing reasonexit run file (every complete line a JSON object with a
-    ``run`` signature). Anything else (a directory, a dataset, a file that cannot be written)
-    raises a one-line :class:`UserError` and is left untouched.
-    """
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"--out {path} is a directory; give a .jsonl file path")
-    parent = p.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {path}: {parent} is not a directory")
-    if not p.exists():
-        # Try it: permission bits do not tell (root passes os.access; /proc refuses anyway). A
-        # hidden probe file is created and removed at once; the result file itself is not created.
-        try:
-            fd, probe = tempfile.mkstemp(prefix=".reasonexit-probe-", dir=parent)
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            raise UserError(f"--out {path}: cannot create files in {parent} ({exc.strerror or exc})") from None
-        return
-    if not p.is_file():
-        raise UserError(f"--out {path} is not a regular file")
-    try:
-        with p.open("ab"):  # opening for append changes nothing in the file
-            pass
-    except OSError as exc:
-        raise UserError(f"--out {path} is not writable ({exc.strerror or exc})") from None
-    with p.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.endswith(b"\n"):
-                break  # a torn last line of a killed run is cut when the run resumes
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                row = None
-            if not isinstance(row, dict) or not isinstance(row.get("run"), dict):
-                raise UserError(
-                    f"--out {path} is not a reasonexit run file (line {lineno} is not a result row); "
-                    "it was left unchanged: choose another --out"
-                )
-
-
-class RunWriter:
-    """Appends one JSON line per result, each written with a single ``write``.
-
-    The file is opened (and created) when the first row is written, so a run that stops before
-    its first result leaves no file behind.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
-        self._fd: int | None = None
-        self.written = 0
-
-    def _open(self) -> int:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        repair_run_file(self.path)
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-
-    def write(self, row: dict[str, Any]) -> None:
-        """Append one row as a whole line."""
-        if self._fd is None:
-            self._fd = self._open()
-        line = (json.dumps(row, ensure_ascii=False) + "\n").encode()
-        os.write(self._fd, line)
-        self.written += 1
-
-    def close(self) -> None:
-        """Flush to disk and close (idempotent)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.fsync(fd)
-            os.close(fd)
-
-
-def repair_run_file(path: str | os.PathLike) -> None:
-    """Cut a torn last line off a run file so appends start on a fresh line."""
-    p = Path(path)
-    if not p.exists():
-        return
-    data = p.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with p.open("r+b") as fh:
-            fh.truncate(cut)
-
-
-def done_ids(rows: Iterable[dict[str, Any]]) -> set[str]:
-    """Ids whose newest row is a result (a problem whose newest row is an error is run again)."""
-    return {str(r["id"]) for r in latest_rows(rows) if "id" in r and r.get("exit_reason") != "error"}

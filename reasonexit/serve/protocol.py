@@ -227,14 +227,12 @@ class _Options(_Request):
     @field_validator("seed")
     @classmethod
     def _sampling_values(cls, seed: int | None, info: ValidationInfo) -> int | None:
-        """The sampling values by vLLM's rules (``check_decoding``), once every sampling field has
-        its type; the field at fault is the parameter vLLM's validation error names."""
-        from ..api import check_decoding
-
+        """The sampling values by vLLM's rules (``Decoding`` checks itself), once every sampling
+        field has its type; the field at fault is the parameter vLLM's validation error names."""
         if not {"max_tokens", "temperature", "top_p", "top_k"} <= info.data.keys():
             return seed  # an earlier field is at fault and is answered first
         try:
-            check_decoding(cls._decoding({**info.data, "seed": seed}, info.context.defaults))
+            cls._decoding({**info.data, "seed": seed}, info.context.defaults)
         except UserError as exc:
             raise _fault(str(exc), getattr(exc.__context__, "parameter", None)) from None
         return seed

@@ -32,8 +32,7 @@ def record(session) -> dict:
     """DEER's exit position, exit reason and answer per problem, in both modes."""
     from reasonexit.data.datasets import load_problems
     from reasonexit.methods import Decoding, make_method
-    from reasonexit.runs.bench import jobs_for
-    from reasonexit.runs.runner import solve_all
+    from reasonexit.runs.runner import jobs_for, solve_all
 
     jobs = jobs_for(session, load_problems("synthetic", limit=N))
     out: dict = {"n": N, "ids": [j.id for j in jobs], "settings": {}}
