@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..engine import EngineSession, Usage
 from ..errors import ProblemFailed, UserError, is_engine_dead, one_line
 from ..methods.base import Context, Decoding, Method
+from ..options import check_at_least
 from .results import Result, abuild_result, error_result
 
 if TYPE_CHECKING:
@@ -182,6 +183,7 @@ async def solve_all(
     engine always ends the whole call (its ``EngineDeadError`` propagates). ``max_in_flight`` is
     taken as given: callers check it (:class:`~reasonexit.runs.options.EvalOptions`).
     """
+    check_at_least("max_in_flight", max_in_flight, 1)  # a direct caller's 0 would wait forever
     sem = asyncio.Semaphore(max_in_flight)
     idx = list(indices) if indices is not None else list(range(len(jobs)))
 
