@@ -76,7 +76,7 @@ def _client_process(port: int, prompts: list[str], method: str, clients: int, ma
     cores the load generator's CPU time is taken from the server and the engine, so it reads the
     event stream cheaply: blocks are read as they arrive and scanned, and only the usage chunk is
     parsed. (The ``openai`` client, which builds a pydantic object per chunk, is what
-    tests/test_serve.py uses.) Returns (wall, rows) of the timed pass, after a warm-up round when
+    tests/serve/test_serve.py uses.) Returns (wall, rows) of the timed pass, after a warm-up round when
     ``warm``."""
     import aiohttp
 

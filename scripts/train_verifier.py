@@ -271,7 +271,7 @@ def fit_verifier(args: argparse.Namespace, data: Any, init: str, tokenizer: Any,
     """Fine-tune ``init`` on ``data`` (rows of ``examples``) with TRL's ``SFTTrainer``; the trainer.
 
     Deterministic for ``args.seed`` on CPU: the same data and arguments give the same weights
-    (``tests/test_train_verifier.py``).
+    (``tests/training/test_train_verifier.py``).
     """
     import torch
     from transformers import AutoModelForCausalLM, set_seed

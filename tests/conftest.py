@@ -19,7 +19,10 @@ TEST_MODEL = os.environ.get("REASONEXIT_TEST_MODEL", DEFAULT_MODEL)
 TEST_ENGINE = EngineConfig(model=TEST_MODEL, dtype="float32", max_model_len=2048, seed=0, step_rules=("budget",))
 CLI_ENGINE_ARGS = ["--model", TEST_MODEL, "--dtype", "float32", "--max-model-len", "2048", "--seed", "0"]
 
-BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+#: The repository, the real benchmark files beside it, and this suite's fixture files.
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT.parent / "shared" / "benchmarks"
+FIXTURES = ROOT / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="session")

@@ -80,7 +80,7 @@ def check_main_guard() -> None:
 # shuts down in order; vLLM still stops its processes with SIGTERM.
 # A new process group, not a new session (setsid): Linux schedules sessions as separate CPU
 # "autogroups", and an engine in its own autogroup out-ran the controllers' loop on a busy CPU
-# (aborted FFS branches decoded ~50 tokens too many in tests/test_ffs.py). SIGTTOU is ignored in
+# (aborted FFS branches decoded ~50 tokens too many in tests/methods/test_ffs.py). SIGTTOU is ignored in
 # the group so its log writes to the terminal never stop it (``stty tostop``). The terminal's
 # SIGHUP now reaches only reasonexit; if it dies of it, the watchdog (``_watchdog.py``) stops the
 # engine, as for every other way this process can die.

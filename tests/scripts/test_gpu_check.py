@@ -6,14 +6,15 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from reasonexit.errors import UserError
 from reasonexit.thinking import detect_markers
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 # vLLM's own import-time FutureWarnings (torch.distributed.reduce_op in its triton dispatcher): not
 # caused by anything reasonexit does, and printed by any program that imports vLLM here.
 VLLM_IMPORT_WARNING = re.compile(r"site-packages/(vllm|torch)/.*torch\.distributed\.reduce_op")

@@ -4,11 +4,13 @@ in the input, and training deterministic for a seed (on the test session's engin
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_verifier.py"
+pytestmark = pytest.mark.slow
+
+SCRIPT = ROOT / "scripts" / "train_verifier.py"
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS
 
 from reasonexit.data.answers import extract_answer, grade
 from reasonexit.data.datasets import DATASETS, Problem, dataset_names, get_spec, load_problems
 from reasonexit.errors import UserError
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+BENCH = BENCHMARKS
 needs_bench = pytest.mark.skipif(
     not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH} (shared/ must sit beside the repo)"
 )

@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import CLI_ENGINE_ARGS, TEST_MODEL
+from conftest import CLI_ENGINE_ARGS, ROOT, TEST_MODEL
 
 from reasonexit import generate
 from reasonexit.cli import main
@@ -29,7 +29,8 @@ from reasonexit.engine import Usage
 from reasonexit.errors import UserError
 from reasonexit.methods.base import Context, Method, Outcome, make_method, register
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
 PATHOLOGICAL_GOLD = r"9^{9^{9}}"  # sympy would compute a 370-million-digit integer
 
 

@@ -15,10 +15,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import TEST_MODEL
+from conftest import ROOT, TEST_MODEL
 from vllm import SamplingParams
 from vllm.config import VllmConfig
 from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
@@ -38,7 +37,6 @@ from reasonexit.methods.flashthink import verifier_engine_config
 from reasonexit.methods.verifiers import TESTBED_VERIFIER
 from reasonexit.step_rules.budget import budget_args
 
-ROOT = Path(__file__).resolve().parents[1]
 GiB = 1 << 30
 
 # A fresh interpreter as a user's script starts: vLLM not imported yet. Every CUDA probe records

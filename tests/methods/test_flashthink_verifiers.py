@@ -25,6 +25,8 @@ from reasonexit.errors import UserError
 from reasonexit.methods import make_method
 from reasonexit.methods.verifiers import TESTBED_VERIFIER, score_record
 
+pytestmark = pytest.mark.slow
+
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(8, split="test", seed=321)]
 MAX = 1024
 

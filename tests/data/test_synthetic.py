@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from reasonexit.data.synthetic import (
     DIFFICULTIES,
@@ -19,7 +19,7 @@ from reasonexit.data.synthetic import (
     solve,
 )
 
-ASSET_DIR = Path(__file__).resolve().parents[1] / "reasonexit" / "assets" / "tiny_reasoner"
+ASSET_DIR = ROOT / "reasonexit" / "assets" / "tiny_reasoner"
 
 
 def _traces(n: int, seed: int = 0, split: str = "train") -> list[tuple[dict, str, str]]:

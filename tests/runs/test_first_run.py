@@ -8,9 +8,8 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
-from conftest import CLI_ENGINE_ARGS
+from conftest import CLI_ENGINE_ARGS, ROOT
 
 from reasonexit.cli import main
 from reasonexit.engine import EngineConfig
@@ -20,8 +19,6 @@ from reasonexit.methods.base import Decoding
 from reasonexit.options import flag_of, help_of
 from reasonexit.runs.options import EvalOptions
 from reasonexit.runs.report import report
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _readme_api_example() -> str:

@@ -10,10 +10,13 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from reasonexit.errors import UserError
 from reasonexit.training.config import recipe_from_dict
 from reasonexit.training.sgrpo import build_branch, choose_exit_positions, group_advantages, serial_group_rewards
+
+pytestmark = pytest.mark.slow
 
 # ----------------------------------------------------------------------------- rewards and advantages
 
@@ -255,7 +258,7 @@ def test_recipe_defaults_and_group_size():
 def test_shipped_recipes_are_valid():
     from reasonexit.training.config import load_recipe
 
-    rl = Path(__file__).resolve().parents[1] / "rl"
+    rl = ROOT / "rl"
     files = sorted(rl.glob("*.yaml"))
     assert len(files) >= 4
     for f in files:
@@ -499,7 +502,7 @@ def test_vllm_cpu_backend_follows_the_policy_weights(tiny_model):
     import subprocess
     import sys
 
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_sgrpo_backends.py"
+    script = ROOT / "scripts" / "bench_sgrpo_backends.py"
     cmd = [
         sys.executable,
         str(script),

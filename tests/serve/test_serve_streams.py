@@ -24,6 +24,8 @@ from reasonexit.engine import session as engine_mod
 from reasonexit.methods.base import Decoding
 from reasonexit.serve import create_app, start_server
 
+pytestmark = pytest.mark.slow
+
 KEY = "test-key"
 MAX = 320  # long enough that many answers start, and a step's text often spans the end of thinking
 INTERVALS = (0.0, 0.1, 0.5)

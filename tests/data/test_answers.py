@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS
 
 from reasonexit.data.answers import extract_answer, extract_gold, grade, normalize_answer
 
-BENCH = Path(__file__).resolve().parents[1].parent / "shared" / "benchmarks"
+BENCH = BENCHMARKS
 needs_bench = pytest.mark.skipif(
     not BENCH.is_dir(), reason=f"benchmark files not found at {BENCH} (shared/ must sit beside the repo)"
 )

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import FIXTURES
 
 from reasonexit.data.datasets import load_problems
 from reasonexit.methods import Decoding, make_method
 from reasonexit.runs.runner import jobs_for, solve_all
 
-REFERENCE = json.loads((Path(__file__).parent / "data" / "deer_reference.json").read_text())
+REFERENCE = json.loads((FIXTURES / "deer_reference.json").read_text())
 
 
 @pytest.fixture(scope="module")
