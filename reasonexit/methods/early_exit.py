@@ -163,157 +163,203 @@ async def run_early_exit(ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> 
     ``verifier_wall_s`` summed over every check that ran to its end, including those that ended
     after an earlier check's exit was settled (``unsettled_checks``: they have no record).
     """
-    session = ctx.session
-    markers = session.markers
-    mode = resolve_mode(limits.mode, limits.checks_elsewhere)
-    sequential = mode == "sequential"
-    max_tokens = ctx.decoding.max_tokens
-    # budget_ratio 1 means no thinking budget beyond the token limit itself.
-    budget = max(1, int(limits.budget_ratio * max_tokens)) if limits.budget_ratio < 1 else None
+    return await _ExitRun(ctx, hooks, limits).solve()
 
-    trace: list[int] = []
-    tracker = ThinkingTracker.for_markers(markers)
-    sink = ctx.token_sink is not None
-    hold = max(0, int(getattr(hooks, "hold", 0)))
-    emitted = 0  # trace tokens handed to the token sink
 
-    def emit_final() -> None:
+class _ExitRun:
+    """One problem under the early-exit controller; its state is these fields, not locals."""
+
+    def __init__(self, ctx: Context, hooks: ExitHooks, limits: ExitLimits) -> None:
+        self.ctx, self.hooks, self.limits = ctx, hooks, limits
+        self.session = ctx.session
+        self.mode = resolve_mode(limits.mode, limits.checks_elsewhere)
+        self.sequential = self.mode == "sequential"
+        self.max_tokens = ctx.decoding.max_tokens
+        # budget_ratio 1 means no thinking budget beyond the token limit itself.
+        self.budget = max(1, int(limits.budget_ratio * self.max_tokens)) if limits.budget_ratio < 1 else None
+        self.trace: list[int] = []
+        self.tracker = ThinkingTracker.for_markers(self.session.markers)
+        self.sink = ctx.token_sink is not None
+        self.hold = max(0, int(getattr(hooks, "hold", 0)))
+        self.emitted = 0  # trace tokens handed to the token sink
+        self.pending: deque[tuple[int, asyncio.Task[Verdict]]] = deque()
+        self.settled: list[tuple[int, Verdict]] = []
+        self.launched = 0
+        self.chosen: tuple[int, Verdict] | None = None  # the first exit verdict, at its cut
+        self.budget_cut: int | None = None
+        self.main_finish: str | None = None  # the trace's own finish reason, when it ended
+        self.segment = 0
+        self.dropped = 0  # main-trace tokens decoded past a pause or the budget and thrown away
+
+    @property
+    def stopped(self) -> bool:
+        """An exit was chosen, the budget was spent, or the trace ended."""
+        return self.chosen is not None or self.budget_cut is not None or self.main_finish is not None
+
+    async def solve(self) -> Outcome:
+        """Decode with checks, then answer: after the exit if there was one."""
+        try:
+            await self._decode()
+        finally:
+            await self._cancel_pending()
+        info = self._info()
+        if self.chosen is not None:
+            exit_cut, reason = self.chosen[0], self.chosen[1].reason
+        elif self.budget_cut is not None:
+            exit_cut, reason = self.budget_cut, ExitReason.BUDGET
+        else:
+            info["exit_pos"] = None
+            self.ctx.emit(self.trace[self.emitted :])
+            finished = self.main_finish == "stop"
+            return Outcome(self.trace, ExitReason.from_finish(self.main_finish).value, info=info, finished=finished)
+        return await self._answer(exit_cut, reason, info)
+
+    def _emit_final(self) -> None:
         """Hand the sink the trace tokens no exit can cut any more (see the module docstring)."""
-        nonlocal emitted
-        end = len(trace)
-        if tracker.in_thinking:
-            end = max(tracker.think_from or 0, end - hold)
-        for cut, _ in pending:
+        end = len(self.trace)
+        if self.tracker.in_thinking:
+            end = max(self.tracker.think_from or 0, end - self.hold)
+        for cut, _ in self.pending:
             end = min(end, cut)
-        if end > emitted:
-            ctx.emit(trace[emitted:end])
-            emitted = end
+        if end > self.emitted:
+            self.ctx.emit(self.trace[self.emitted : end])
+            self.emitted = end
 
-    pending: deque[tuple[int, asyncio.Task[Verdict]]] = deque()
-    settled: list[tuple[int, Verdict]] = []
-    launched = 0
+    def _launch(self, cut: int) -> None:
+        self.launched += 1
+        self.pending.append((cut, asyncio.ensure_future(_timed(self.hooks, self.ctx, list(self.trace), cut))))
 
-    def launch(cut: int) -> None:
-        nonlocal launched
-        launched += 1
-        pending.append((cut, asyncio.ensure_future(_timed(hooks, ctx, list(trace), cut))))
-
-    async def settle(block: bool) -> tuple[int, Verdict] | None:
+    async def _settle(self, block: bool) -> tuple[int, Verdict] | None:
         """Take finished verdicts in trace order; return the first exit (cut, verdict)."""
-        while pending and (block or pending[0][1].done()):
-            cut, task = pending.popleft()
+        while self.pending and (block or self.pending[0][1].done()):
+            cut, task = self.pending.popleft()
             verdict = await task
-            settled.append((cut, verdict))
+            self.settled.append((cut, verdict))
             if verdict.exit:
                 return cut, verdict
         return None
 
-    chosen: tuple[int, Verdict] | None = None
-    budget_cut: int | None = None
-    main_finish: str | None = None
-    segment = 0
-    dropped = 0  # main-trace tokens decoded past a pause or the budget and thrown away
-    try:
-        while chosen is None and main_finish is None and budget_cut is None:
-            room = ctx.room(max_tokens, len(trace))
-            # A resumed segment (sequential mode) gets its own seed so sampling does not repeat itself.
-            params = ctx.output_sampling(max_tokens=room, seed=ctx.seed + segment)
-            paused = False
-            async with contextlib.aclosing(
-                session.stream([*ctx.prompt_ids, *trace], params, ctx.usage, ctx.request_id(f"main{segment}"))
-            ) as st:
-                segment += 1
-                async for d in st:
-                    taken = 0
-                    for tok in d.token_ids:
-                        taken += 1
-                        trace.append(tok)
-                        tracker.feed(tok)
-                        if not tracker.in_thinking:
-                            continue
-                        assert tracker.think_from is not None
-                        if budget is not None and tracker.thinking_tokens >= budget:
-                            budget_cut = len(trace)
-                            break
-                        if launched < limits.max_checks:
-                            cut = hooks.boundary(trace, tracker.think_from)
-                            if cut is not None:
-                                launch(cut)
-                                if sequential:
-                                    paused = True
-                                    break
-                    if paused or budget_cut is not None:
-                        dropped += len(d.token_ids) - taken  # decoded in this delta past the stop: thrown away
-                        break
-                    chosen = await settle(block=False)
-                    if chosen is not None:
-                        break
-                    if d.finish_reason is not None:
-                        main_finish = d.finish_reason
-                    elif sink:  # not at the end: a check at the end may still cut the last token
-                        emit_final()
-            if chosen is not None or budget_cut is not None:
+    async def _decode(self) -> None:
+        """Decode the trace in segments (a sequential check pauses it) until it stops."""
+        while not self.stopped:
+            await self._segment()
+            if self.chosen is not None or self.budget_cut is not None:
                 break
             # Sequential pause, or the end of the trace: earlier checks may still call an exit.
-            chosen = await settle(block=True)
-            if sink and chosen is None and main_finish is None:
-                emit_final()
-            if chosen is None and main_finish is not None and limits.check_at_end and tracker.in_thinking:
-                end = len(trace) - (1 if trace and trace[-1] in session.eos_ids else 0)
-                if end > (tracker.think_from or 0):
-                    launch(end)
-                    chosen = await settle(block=True)
-        if chosen is None and budget_cut is not None:
-            chosen = await settle(block=True)
-    finally:
-        for _, task in pending:
+            self.chosen = await self._settle(block=True)
+            if self.sink and self.chosen is None and self.main_finish is None:
+                self._emit_final()
+            if self.chosen is None and self.main_finish is not None and self.limits.check_at_end:
+                await self._check_at_end()
+        if self.chosen is None and self.budget_cut is not None:
+            self.chosen = await self._settle(block=True)
+
+    async def _check_at_end(self) -> None:
+        """The trace ended inside its thinking: one last check on all of it."""
+        tracker, trace = self.tracker, self.trace
+        if not tracker.in_thinking:
+            return
+        end = len(trace) - (1 if trace and trace[-1] in self.session.eos_ids else 0)
+        if end > (tracker.think_from or 0):
+            self._launch(end)
+            self.chosen = await self._settle(block=True)
+
+    async def _segment(self) -> None:
+        """Decode one request of the trace, until it ends, an exit is chosen, the budget is spent or
+        a sequential check pauses it."""
+        ctx = self.ctx
+        room = ctx.room(self.max_tokens, len(self.trace))
+        # A resumed segment (sequential mode) gets its own seed so sampling does not repeat itself.
+        params = ctx.output_sampling(max_tokens=room, seed=ctx.seed + self.segment)
+        request = ctx.request_id(f"main{self.segment}")
+        async with contextlib.aclosing(
+            self.session.stream([*ctx.prompt_ids, *self.trace], params, ctx.usage, request)
+        ) as st:
+            self.segment += 1
+            async for d in st:
+                taken, paused = self._take(d.token_ids)
+                if paused or self.budget_cut is not None:
+                    self.dropped += len(d.token_ids) - taken  # decoded in this delta past the stop: thrown away
+                    break
+                self.chosen = await self._settle(block=False)
+                if self.chosen is not None:
+                    break
+                if d.finish_reason is not None:
+                    self.main_finish = d.finish_reason
+                elif self.sink:  # not at the end: a check at the end may still cut the last token
+                    self._emit_final()
+
+    def _take(self, tokens: list[int]) -> tuple[int, bool]:
+        """Append a delta's tokens, launching checks at boundaries; (tokens taken, paused). Stops
+        early at the thinking budget, or at a boundary in sequential mode."""
+        trace, tracker = self.trace, self.tracker
+        taken = 0
+        for tok in tokens:
+            taken += 1
+            trace.append(tok)
+            tracker.feed(tok)
+            if not tracker.in_thinking:
+                continue
+            assert tracker.think_from is not None
+            if self.budget is not None and tracker.thinking_tokens >= self.budget:
+                self.budget_cut = len(trace)
+                return taken, False
+            if self.launched < self.limits.max_checks:
+                cut = self.hooks.boundary(trace, tracker.think_from)
+                if cut is not None:
+                    self._launch(cut)
+                    if self.sequential:
+                        return taken, True
+        return taken, False
+
+    async def _cancel_pending(self) -> None:
+        for _, task in self.pending:
             task.cancel()
-        for _, task in pending:
+        for _, task in self.pending:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-    # Checks that finished after the deciding one was settled: never decided anything, but what
-    # they decoded and read counts in the verifier's accounting (it is already in ``ctx.usage``).
-    unsettled = [t.result() for _, t in pending if t.done() and not t.cancelled() and t.exception() is None]
 
-    think_from = tracker.think_from or 0
-    judged = [v for _, v in settled] + unsettled
-    records = []
-    for cut, verdict in settled:
-        rec = dict(verdict.record)
-        rec.setdefault("pos", cut - think_from)
-        rec["exit"] = verdict.exit
-        records.append(rec)
-    info: dict[str, Any] = {
-        limits.records_key: records,
-        "mode": mode,
-        "verifier_tokens": sum(v.tokens for v in judged),
-        "verifier_prompt_tokens": sum(v.prompt_tokens for v in judged),
-        "verifier_wall_s": round(sum(v.wall_s for v in judged), 4),
-        "unsettled_checks": len(unsettled),
-        "discarded_tokens": dropped,
-    }
-    if chosen is not None:
-        exit_cut, reason = chosen[0], chosen[1].reason
-    elif budget_cut is not None:
-        exit_cut, reason = budget_cut, ExitReason.BUDGET
-    else:
-        info["exit_pos"] = None
-        ctx.emit(trace[emitted:])
-        return Outcome(trace, ExitReason.from_finish(main_finish).value, info=info, finished=main_finish == "stop")
+    def _info(self) -> dict[str, Any]:
+        """The records and the verifier's accounting (see :func:`run_early_exit`)."""
+        # Checks that finished after the deciding one was settled: never decided anything, but what
+        # they decoded and read counts in the verifier's accounting (it is already in ``ctx.usage``).
+        pending = self.pending
+        unsettled = [t.result() for _, t in pending if t.done() and not t.cancelled() and t.exception() is None]
+        think_from = self.tracker.think_from or 0
+        judged = [v for _, v in self.settled] + unsettled
+        records = []
+        for cut, verdict in self.settled:
+            rec = dict(verdict.record)
+            rec.setdefault("pos", cut - think_from)
+            rec["exit"] = verdict.exit
+            records.append(rec)
+        return {
+            self.limits.records_key: records,
+            "mode": self.mode,
+            "verifier_tokens": sum(v.tokens for v in judged),
+            "verifier_prompt_tokens": sum(v.prompt_tokens for v in judged),
+            "verifier_wall_s": round(sum(v.wall_s for v in judged), 4),
+            "unsettled_checks": len(unsettled),
+            "discarded_tokens": self.dropped,
+        }
 
-    # Close thinking after the kept prefix and let the model write its answer.
-    head = [*trace[:exit_cut], *closing_ids(session.encode, markers)]
-    info["exit_pos"] = exit_cut - think_from
-    info["discarded_tokens"] = dropped + len(trace) - exit_cut
-    if emitted > exit_cut:  # a hook's ``hold`` was too small: streamed tokens were cut
-        raise RuntimeError(f"streamed {emitted} trace tokens but the exit cut at {exit_cut}: a hook's hold is wrong")
-    ctx.emit(head[emitted:])
-    answer = await ctx.complete(
-        [*ctx.prompt_ids, *head],
-        # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
-        ctx.output_sampling(
-            max_tokens=ctx.room(max(1, max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000
-        ),
-        ctx.request_id("answer"),
-    )
-    return Outcome([*head, *answer.token_ids], reason.value, info=info, finished=answer.finish_reason == "stop")
+    async def _answer(self, exit_cut: int, reason: ExitReason, info: dict[str, Any]) -> Outcome:
+        """Close thinking after the kept prefix and let the model write its answer."""
+        ctx, session, trace = self.ctx, self.session, self.trace
+        head = [*trace[:exit_cut], *closing_ids(session.encode, session.markers)]
+        info["exit_pos"] = exit_cut - (self.tracker.think_from or 0)
+        info["discarded_tokens"] = self.dropped + len(trace) - exit_cut
+        if self.emitted > exit_cut:  # a hook's ``hold`` was too small: streamed tokens were cut
+            raise RuntimeError(
+                f"streamed {self.emitted} trace tokens but the exit cut at {exit_cut}: a hook's hold is wrong"
+            )
+        ctx.emit(head[self.emitted :])
+        answer = await ctx.complete(
+            [*ctx.prompt_ids, *head],
+            # the answer gets what is left of max_tokens (budget_ratio < 1 keeps some for it)
+            ctx.output_sampling(
+                max_tokens=ctx.room(max(1, self.max_tokens - len(head)), len(head)), seed=ctx.seed + 1_000_000
+            ),
+            ctx.request_id("answer"),
+        )
+        return Outcome([*head, *answer.token_ids], reason.value, info=info, finished=answer.finish_reason == "stop")
