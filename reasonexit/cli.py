@@ -7,7 +7,6 @@ no traceback is shown for them.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
@@ -133,19 +132,6 @@ def _method_options(extra: list[str]) -> dict[str, str]:
             i += 1
         opts[key] = value
     return opts
-
-
-def _route_logs(quiet: bool) -> None:
-    """Engine logs go to stderr (stdout carries the result table); ``--quiet`` keeps errors only.
-
-    Must run before vLLM is imported: vLLM configures its logger from the environment at import.
-    """
-    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-    if quiet:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        logging.getLogger("vllm").setLevel(logging.ERROR)
-        logging.getLogger("reasonexit").setLevel(logging.ERROR)
 
 
 def _on_signal(signum: int, frame: object) -> None:
@@ -336,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         # before vLLM is imported: its logging level is read once, at import
         os.environ["REASONEXIT_VERBOSE"] = "1"
         os.environ["VLLM_LOGGING_LEVEL"] = "INFO"
-    from .engine.logs import quiet_by_default
+    from .engine.logs import quiet_by_default, route_logs
 
     quiet_by_default()
     if argv[:1] == ["train"]:
@@ -346,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         return train_main(argv[1:])
     parser = build_parser(_methods_to_describe(argv))
     args, extra = parser.parse_known_args(argv)
-    _route_logs(str(getattr(args, "quiet", "false")).lower() in ("1", "true", "yes", "on"))
+    route_logs(str(getattr(args, "quiet", "false")).lower() in ("1", "true", "yes", "on"))
     try:
         if args.command == "eval":
             # installed before vLLM is imported (seconds): a signal at any point gets one line

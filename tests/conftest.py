@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,10 @@ def session():
     s.start()
     yield s
     s.close()
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

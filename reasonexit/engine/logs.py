@@ -50,3 +50,15 @@ def _drop_engine_dead_traceback(record: logging.LogRecord) -> bool:
 def verbose() -> bool:
     return os.environ.get("VLLM_LOGGING_LEVEL", "").upper() in ("INFO", "DEBUG")
 
+
+def route_logs(quiet: bool) -> None:
+    """Engine logs go to stderr (stdout carries the result table); ``--quiet`` keeps errors only.
+
+    Must run before vLLM is imported: vLLM configures its logger from the environment at import.
+    """
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if quiet:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        logging.getLogger("vllm").setLevel(logging.ERROR)
+        logging.getLogger("reasonexit").setLevel(logging.ERROR)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import Interrupted, ProblemFailed, RunStopped, UserError, is_engine_dead
+from ..methods.base import ExitReason
 from .runfile import OpenRun, RunWriter, done_ids, latest_rows, open_run
 from .runner import Job, jobs_for, sample_id, solve_all
 
@@ -116,7 +117,8 @@ class _Rows:
 
     def finished(self, jobs: Sequence[Job]) -> int:
         """How many of ``jobs`` have a result (not an error) as their newest row."""
-        return sum(1 for j in jobs if self.latest.get(j.id, {}).get("exit_reason", "error") != "error")
+        error = ExitReason.ERROR
+        return sum(1 for j in jobs if self.latest.get(j.id, {}).get("exit_reason", error) != error)
 
     def close(self) -> None:
         """Flush and close the run file and the progress bar."""
@@ -134,7 +136,7 @@ class _Running:
             self.add(r)
 
     def add(self, r: dict[str, Any]) -> None:
-        if r.get("exit_reason") == "error":
+        if r.get("exit_reason") == ExitReason.ERROR:
             self.errors += 1
             return
         self.n += 1

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import UserError
+from ..methods.base import ExitReason
 
 SUMMARY_COLUMNS = [
     "run",
@@ -58,7 +59,7 @@ def summarize(
                 "field; is this a reasonexit run file?"
             )
     df = pd.DataFrame(rows)
-    errors = df["exit_reason"].eq("error") if "exit_reason" in df else pd.Series(False, index=df.index)
+    errors = df["exit_reason"].eq(ExitReason.ERROR.value) if "exit_reason" in df else pd.Series(False, index=df.index)
     ok = df[~errors]
     graded = ok["correct"].dropna() if "correct" in ok else pd.Series(dtype=float)
 

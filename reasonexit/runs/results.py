@@ -8,7 +8,7 @@ from typing import Any
 from ..data.answers import extract_answer
 from ..data.grading import agrade
 from ..engine import EngineSession, Usage
-from ..methods.base import Outcome
+from ..methods.base import ExitReason, Outcome
 from ..thinking import split_completion
 
 
@@ -67,7 +67,39 @@ async def abuild_result(
 ) -> Result:
     """Decode, split, extract and grade an outcome into a :class:`Result` (on the engine loop:
     grading that needs math-verify runs in a worker, not on the loop)."""
-    res = _result(session, id, method_name, params, outcome, usage, wall_s, gold, kind, problem)
+    ids = outcome.token_ids
+    markers = session.markers
+    split = split_completion(ids, markers)
+    eos = set(session.eos_ids)
+    answer_ids = [t for t in ids[split.answer_start :] if t not in eos]
+    thinking = session.decode(ids[split.thinking_start : split.thinking_end])
+    answer_text = session.decode(answer_ids)
+    # With thinking markers, only the answer part is searched (a trial answer inside an unfinished
+    # thinking block is not an answer). Without markers, the whole text is the answer.
+    search = answer_text if markers.has_thinking else session.decode([t for t in ids if t not in eos])
+    answer = extract_answer(search, kind)
+    res = Result(
+        id=id,
+        method=method_name,
+        params=params,
+        text=session.decode(ids),
+        thinking=thinking,
+        answer_text=answer_text,
+        answer=answer,
+        gold=gold,
+        correct=None,
+        prompt_tokens=usage.prompt_tokens,
+        output_tokens=len(ids),
+        compute_tokens=usage.compute_tokens,
+        thinking_tokens=split.thinking_tokens,
+        answer_tokens=len(answer_ids),
+        closed_thinking=split.closed,
+        wall_s=round(wall_s, 4),
+        exit_reason=outcome.exit_reason,
+        problem=problem,
+        info={**outcome.info, "requests": usage.requests, "cached_prompt_tokens": usage.cached_prompt_tokens},
+        token_ids=list(ids),
+    )
     res.correct = await agrade(res.answer, gold, kind) if gold is not None else None
     return res
 
@@ -102,56 +134,8 @@ def error_result(
         answer_tokens=0,
         closed_thinking=False,
         wall_s=round(wall_s, 4),
-        exit_reason="error",
+        exit_reason=ExitReason.ERROR,
         problem=problem,
         info={"requests": usage.requests, "cached_prompt_tokens": usage.cached_prompt_tokens},
         error=error,
-    )
-
-
-def _result(
-    session: EngineSession,
-    id: str,
-    method_name: str,
-    params: dict[str, Any],
-    outcome: Outcome,
-    usage: Usage,
-    wall_s: float,
-    gold: str | None,
-    kind: str,
-    problem: str,
-) -> Result:
-    """Everything of a result but the grade (``correct`` is left None)."""
-    ids = outcome.token_ids
-    markers = session.markers
-    split = split_completion(ids, markers)
-    eos = set(session.eos_ids)
-    answer_ids = [t for t in ids[split.answer_start :] if t not in eos]
-    thinking = session.decode(ids[split.thinking_start : split.thinking_end])
-    answer_text = session.decode(answer_ids)
-    # With thinking markers, only the answer part is searched (a trial answer inside an unfinished
-    # thinking block is not an answer). Without markers, the whole text is the answer.
-    search = answer_text if markers.has_thinking else session.decode([t for t in ids if t not in eos])
-    answer = extract_answer(search, kind)
-    return Result(
-        id=id,
-        method=method_name,
-        params=params,
-        text=session.decode(ids),
-        thinking=thinking,
-        answer_text=answer_text,
-        answer=answer,
-        gold=gold,
-        correct=None,
-        prompt_tokens=usage.prompt_tokens,
-        output_tokens=len(ids),
-        compute_tokens=usage.compute_tokens,
-        thinking_tokens=split.thinking_tokens,
-        answer_tokens=len(answer_ids),
-        closed_thinking=split.closed,
-        wall_s=round(wall_s, 4),
-        exit_reason=outcome.exit_reason,
-        problem=problem,
-        info={**outcome.info, "requests": usage.requests, "cached_prompt_tokens": usage.cached_prompt_tokens},
-        token_ids=list(ids),
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+from ..methods.base import ExitReason
 
 if TYPE_CHECKING:
     from ..methods.base import Decoding, Method
@@ -210,4 +211,4 @@ def repair_run_file(path: str | os.PathLike) -> None:
 
 def done_ids(rows: Iterable[dict[str, Any]]) -> set[str]:
     """Ids whose newest row is a result (a problem whose newest row is an error is run again)."""
-    return {str(r["id"]) for r in latest_rows(rows) if "id" in r and r.get("exit_reason") != "error"}
+    return {str(r["id"]) for r in latest_rows(rows) if "id" in r and r.get("exit_reason") != ExitReason.ERROR}

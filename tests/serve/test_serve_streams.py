@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from typing import Any
 
 import httpx
 import openai
 import pytest
-from conftest import TEST_MODEL
+from conftest import TEST_MODEL, free_port
 
 from reasonexit.data.prompts import format_prompt
 from reasonexit.data.synthetic import generate_problems
@@ -44,12 +43,6 @@ METHODS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def servers(session):
     """One server per stream interval, all on the test session's engine loop (as ``serve`` runs)."""
@@ -57,7 +50,7 @@ def servers(session):
     for interval in INTERVALS:
         app = create_app(session, decoding=Decoding(max_tokens=MAX), api_key=KEY, served_model_name="tiny",
                          stream_interval=interval)  # fmt: skip
-        port = _free_port()
+        port = free_port()
         running.append(start_server(app, session, port=port))
         urls[interval] = f"http://127.0.0.1:{port}/v1"
     yield urls
