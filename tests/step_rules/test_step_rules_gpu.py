@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -257,6 +258,8 @@ def test_v2_processing_flag_is_kept_for_requests_that_need_it_for_something_else
 def test_v2_adapter_leaves_speculative_rows_alone_instead_of_raising(caplog):
     from vllm.v1.worker.gpu.sample.logits_processor import LogitsContext
 
+    # an earlier CLI test in this process may have set the reasonexit loggers to errors (--quiet)
+    caplog.set_level(logging.WARNING, logger="reasonexit.step_rules.vllm_v2")
     states, sampler, proc = _v2_runner()
     sampler.add_request(1, _params(0, True))
     idx = np.array([1])
