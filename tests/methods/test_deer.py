@@ -30,6 +30,7 @@ def first_transition(session, ids: list[int], think_end: int) -> int | None:
     return None
 
 
+@pytest.mark.slow
 def test_threshold_above_one_never_exits_and_equals_vanilla(session, vanilla):
     res = generate(PROMPTS, "deer", session=session, max_tokens=MAX, threshold=1.01, budget_ratio=1.0)
     assert all(r.exit_reason in ("eos", "length") for r in res)

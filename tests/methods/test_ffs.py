@@ -305,6 +305,7 @@ def test_length_capped_samples_never_win_while_another_can_finish(session):
     assert [b["status"] for b in r.info["branches"]] == [LENGTH] * 3
 
 
+@pytest.mark.slow
 def test_k_equal_n_reproduces_majority(session, majority4):
     ffs = generate(PROMPTS, "ffs", session=session, max_tokens=MAX, golds=GOLDS, n=4, k=4, max_in_flight=1)
     keep = ("seed", "status", "tokens", "answer")
@@ -326,6 +327,7 @@ def test_k_equal_n_reproduces_majority(session, majority4):
         assert m.info["pass_at_n"] >= bool(m.correct)
 
 
+@pytest.mark.slow
 def test_first_k_finish_votes_among_the_first_finishers(session, majority4):
     res = generate(PROMPTS, "ffs", session=session, max_tokens=MAX, golds=GOLDS, n=4, k=2, max_in_flight=1)
     for r, m in zip(res, majority4, strict=True):

@@ -65,6 +65,7 @@ def test_threshold_zero_exits_at_first_checked_boundary(session, vanilla, every,
     assert exited == len(PROMPTS)
 
 
+@pytest.mark.slow
 def test_sequential_and_parallel_agree(session):
     # a threshold that splits the self verifier's scores: the median of all checks on these traces
     never = generate(PROMPTS, "flashthink", session=session, max_tokens=MAX, threshold=1.01, **SELF)

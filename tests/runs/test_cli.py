@@ -34,6 +34,7 @@ def run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -55,6 +56,7 @@ def test_bad_input_is_one_line_and_no_file(tmp_path, args, message):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_rows_missing_answer_field(tmp_path):
     data = tmp_path / "bad.jsonl"
     data.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+2?"}\n')
@@ -64,6 +66,7 @@ def test_rows_missing_answer_field(tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_prompt_longer_than_context_before_engine_start(tmp_path):
     data = tmp_path / "long.jsonl"
     data.write_text(json.dumps({"problem": "count " * 6000, "answer": "1"}) + "\n")

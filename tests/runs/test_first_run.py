@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import CLI_ENGINE_ARGS, ROOT
 
 from reasonexit.cli import main
@@ -33,6 +34,7 @@ def _fresh_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("VLLM_", "REASONEXIT_", "TOKENIZERS_"))}
 
 
+@pytest.mark.slow
 def test_readme_api_example_runs_as_written_and_unguarded_gives_one_line(tmp_path):
     code = _readme_api_example()
     assert 'if __name__ == "__main__":' in code
@@ -91,6 +93,7 @@ def test_method_options_do_not_shadow_run_engine_or_decoding_flags():
         assert not clash, f"method {name} options {clash} would be read as run options"
 
 
+@pytest.mark.slow
 def test_samples_report_model_card_metrics_and_resume_per_sample(session, tmp_path, capsys):
     out = tmp_path / "k4.jsonl"
     args = ["eval", *CLI_ENGINE_ARGS, "--limit", "32", "--samples", "4", "--temperature", "0.6", "--top-p", "0.95",
@@ -123,6 +126,7 @@ def test_samples_report_model_card_metrics_and_resume_per_sample(session, tmp_pa
         assert col in table
 
 
+@pytest.mark.slow
 def test_fresh_eval_is_quiet_before_the_progress_bar(tmp_path):
     out = tmp_path / "l4.jsonl"
     proc = subprocess.run([sys.executable, "-m", "reasonexit.cli", "eval", "--limit", "4", "--max-tokens", "64",
@@ -189,6 +193,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_closed_engine_is_released_and_exit_is_silent(tmp_path):
     """A closed session's AsyncLLM is freed at once. It used to stay alive (held by a frame that a
     vLLM import error's traceback keeps) until interpreter exit, where its __del__ failed noisily."""

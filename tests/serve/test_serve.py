@@ -392,6 +392,7 @@ def test_cli_serve_bad_settings_fail_before_the_engine(capsys, args, words):
     assert err.startswith("reasonexit: error:") and words in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_32_concurrent_streaming_clients_get_complete_answers(server, session):
     """32 streaming calls at once (vanilla, greedy): each gets a complete answer (end of sequence
     after the end of thinking), with the same text, tokens and answer as the in-process API."""
