@@ -19,6 +19,12 @@ committed checkpoint was trained that way on 2 quiet cores and stopped at step 1
 Smoke run of the whole pipeline (2-3 minutes)::
 
     python scripts/train_tiny_reasoner.py --quick --out /tmp/tiny_quick
+
+The hard testbed (``reasonexit/assets/tiny_reasoner_hard``; see ``docs/testbed.md``) is trained on
+the hard problems and traces of :mod:`reasonexit.data.synthetic_hard`, with a share of examples that
+ask for the answer partway through the thinking::
+
+    python scripts/train_tiny_reasoner.py --hard --steps 3000 --max-minutes 45
 """
 
 from __future__ import annotations
@@ -39,6 +45,11 @@ if str(REPO) not in sys.path:  # run from a checkout without installing the pack
 
 from reasonexit.data.prompts import format_prompt  # noqa: E402
 from reasonexit.data.synthetic import completion_text, generate_problems, make_trace  # noqa: E402
+from reasonexit.data.synthetic_hard import (  # noqa: E402
+    generate_hard_problems,
+    make_hard_trace,
+    make_probe_example,
+)
 
 # Qwen2/Qwen3 pre-tokenizer split: words with an optional leading non-letter, single digits,
 # punctuation runs with their trailing newlines, newline runs ("\n\n" stays one piece).
@@ -69,7 +80,14 @@ CHAT_TEMPLATE = (
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=REPO / "reasonexit" / "assets" / "tiny_reasoner")
+    p.add_argument("--out", type=Path, default=None, help="default: reasonexit/assets/tiny_reasoner(_hard)")
+    p.add_argument("--hard", action="store_true", help="train the hard testbed (reasonexit.data.synthetic_hard)")
+    p.add_argument(
+        "--probe-share",
+        type=float,
+        default=0.25,
+        help="--hard: extra examples, as a share of the problems, that ask for the answer partway through",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 1600, quick: 60)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this many minutes")
@@ -101,6 +119,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.vocab_size = min(args.vocab_size, 1000)
     if args.n_train is None:
         args.n_train = args.steps * args.batch_size
+        if args.hard:  # the probe examples fill the rest of the batches
+            args.n_train = int(args.n_train / (1 + args.probe_share))
+    if args.out is None:
+        args.out = REPO / "reasonexit" / "assets" / ("tiny_reasoner_hard" if args.hard else "tiny_reasoner")
     return args
 
 
@@ -113,6 +135,40 @@ def build_examples(n: int, seed: int) -> list[dict]:
         thinking, answer = make_trace(prob, rng)
         out.append({"problem": prob["problem"], "completion": completion_text(thinking, answer) + "<|im_end|>"})
     return out
+
+
+def build_hard_examples(n: int, seed: int, probe_share: float) -> list[dict]:
+    """Hard problems with one trace each, plus probe examples (``prefix`` goes to the prompt)."""
+    problems = generate_hard_problems(n, split="train", seed=seed)
+    out = []
+    for prob in problems:
+        rng = random.Random(f"hard-trace|{seed}|{prob['id']}")
+        thinking, answer = make_hard_trace(prob, rng)
+        completion = completion_text(thinking, answer) + "<|im_end|>"
+        out.append({"problem": prob["problem"], "head": "", "marker": "", "completion": completion})
+        if rng.random() < probe_share:
+            probe = make_probe_example(prob, thinking, rng)
+            if probe is not None:
+                head, marker, target = probe
+                out.append({"problem": prob["problem"], "head": head, "marker": marker, "completion": target})
+    return out
+
+
+def tokenize_examples(tokenizer, examples: list[dict]) -> list[dict]:
+    """Token ids and loss mask per example, the pieces tokenized as vLLM sees them.
+
+    The prompt, the probed thinking (generated tokens), the probe's inducer or early closing and
+    the completion are tokenized separately, as the engine receives them.
+    """
+    rows = []
+    for e in examples:
+        ids = tokenizer(render_prompt(tokenizer, e["problem"]), add_special_tokens=False)["input_ids"]
+        for piece in (e["head"], e["marker"]):
+            if piece:
+                ids = ids + tokenizer(piece, add_special_tokens=False)["input_ids"]
+        completion = tokenizer(e["completion"], add_special_tokens=False)["input_ids"]
+        rows.append({"input_ids": ids + completion, "completion_mask": [0] * len(ids) + [1] * len(completion)})
+    return rows
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -211,12 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     set_seed(args.seed)
 
     print(f"[data] generating {args.n_train} training problems and traces (seed {args.seed})", flush=True)
-    examples = build_examples(args.n_train, args.seed)
+    if args.hard:
+        examples = build_hard_examples(args.n_train, args.seed, args.probe_share)
+    else:
+        examples = build_examples(args.n_train, args.seed)
 
     if args.init_from is None:
         print(f"[tokenizer] training byte-level BPE, vocab {args.vocab_size}", flush=True)
         tok_texts = [f"user\n{format_prompt(e['problem'], 'math')}\nassistant\n" for e in examples[:20000]]
-        tok_texts += [e["completion"].replace("<|im_end|>", "") for e in examples[:20000]]
+        tok_texts += [e["head"] + e["marker"] + e["completion"].replace("<|im_end|>", "") for e in examples[:20000]]
         tokenizer = build_tokenizer(tok_texts, args.vocab_size)
     else:
         from transformers import AutoTokenizer
@@ -224,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[tokenizer] reusing the tokenizer of {args.init_from}", flush=True)
         tokenizer = AutoTokenizer.from_pretrained(str(args.init_from))
 
-    rows = [{"prompt": render_prompt(tokenizer, e["problem"]), "completion": e["completion"]} for e in examples]
+    if args.hard:
+        rows = tokenize_examples(tokenizer, examples)
+    else:
+        rows = [{"prompt": render_prompt(tokenizer, e["problem"]), "completion": e["completion"]} for e in examples]
     dataset = Dataset.from_list(rows)
 
     if args.init_from is None:
@@ -337,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer(tokenizer, out)
     meta = {
-        "description": "Tiny Qwen3 reasoning testbed model trained from scratch on reasonexit.data.synthetic traces.",
+        "description": "Tiny Qwen3 reasoning testbed model trained from scratch on "
+        + ("reasonexit.data.synthetic_hard traces." if args.hard else "reasonexit.data.synthetic traces."),
         "command": "python scripts/train_tiny_reasoner.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed,
         "init_from": str(args.init_from) if args.init_from else None,
@@ -357,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # Sanity check with plain transformers generation on two validation problems.
     model.to(torch.float32).eval()
-    for prob in generate_problems(2, split="validation", seed=args.seed):
+    check = generate_hard_problems if args.hard else generate_problems
+    for prob in check(2, split="validation", seed=args.seed):
         prompt = render_prompt(tokenizer, prob["problem"])
         ids = tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():

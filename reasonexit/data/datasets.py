@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 SYNTHETIC_DEFAULT_N = 300
+#: The generated sets: the bundled testbed's problems and the hard testbed's.
+SYNTHETIC_SETS = ("synthetic", "synthetic_hard")
 
 # Column names tried, in order, when a file's columns are not known in advance.
 GENERIC_PROBLEM_FIELDS = ("problem", "question", "prompt", "input", "query", "instruction")
@@ -392,14 +394,18 @@ def _rows_to_problems(
     return problems
 
 
-def _load_synthetic(limit: int | None, split: str | None, seed: int, difficulty: int | None) -> list[Problem]:
+def _load_synthetic(
+    limit: int | None, split: str | None, seed: int, difficulty: int | None, hard: bool = False
+) -> list[Problem]:
     try:
         from .synthetic import generate_problems
+        from .synthetic_hard import generate_hard_problems
     except ImportError as exc:  # pragma: no cover - part of the package
         raise UserError(f"the synthetic dataset is unavailable: {one_line(exc, innermost=True)}") from exc
     n = SYNTHETIC_DEFAULT_N if limit is None else limit
+    generate = generate_hard_problems if hard else generate_problems
     try:
-        rows = generate_problems(n, split=split or "test", seed=seed, difficulty=difficulty)
+        rows = generate(n, split=split or "test", seed=seed, difficulty=difficulty)
     except ValueError as exc:  # bad split / difficulty
         raise UserError(f"synthetic dataset: {exc}") from exc
     problems = []
@@ -477,7 +483,7 @@ def load_problems(
     is_local = path.suffix.lower() in LOCAL_SUFFIXES or (registry_spec is None and path.is_file())
     if is_local:
         spec = format_spec or spec_for_file(path)
-        if spec is not None and spec.name == "synthetic":
+        if spec is not None and spec.name in SYNTHETIC_SETS:
             spec = None
         rows, columns = _load_local_rows(path)
         name = spec.name if spec is not None else path.stem
@@ -486,8 +492,9 @@ def load_problems(
             rows = rows[:limit]
     elif registry_spec is not None:
         spec = registry_spec
-        if spec.name == "synthetic":
-            problems = _load_synthetic(limit, split, synthetic_seed, synthetic_difficulty)
+        if spec.name in SYNTHETIC_SETS:
+            hard = spec.name == "synthetic_hard"
+            problems = _load_synthetic(limit, split, synthetic_seed, synthetic_difficulty, hard)
             if not problems:
                 raise UserError("the synthetic generator returned no problems")
             return problems

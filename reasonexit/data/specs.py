@@ -134,6 +134,18 @@ DATASETS: dict[str, DatasetSpec] = {
             prompt_style="math",
             description="built-in offline arithmetic problems (reasonexit.data.synthetic)",
         ),
+        DatasetSpec(
+            name="synthetic_hard",
+            hub=None,
+            config=None,
+            split="test",
+            problem_fields=("problem",),
+            answer_fields=("answer",),
+            id_fields=("id",),
+            kind="math",
+            prompt_style="math",
+            description="built-in harder arithmetic problems of the hard testbed (reasonexit.data.synthetic_hard)",
+        ),
     )
 }
 

@@ -99,9 +99,9 @@ _OP_SYMBOL = {"add": "+", "sub": "-", "groups": "+", "times": "*", "share": "/"}
 # --------------------------------------------------------------------------------------------
 
 
-def _rng_for(split: str, seed: int, index: int, attempt: int) -> random.Random:
+def _rng_for(split: str, seed: int, index: int, attempt: int, family: str = "synth") -> random.Random:
     """Return the RNG of one problem draw; string seeding is stable across runs and platforms."""
-    return random.Random(f"reasonexit-synth|{split}|{seed}|{index}|{attempt}")
+    return random.Random(f"reasonexit-{family}|{split}|{seed}|{index}|{attempt}")
 
 
 def _bucket(text: str) -> int:
@@ -167,9 +167,12 @@ def _problem_sentence(step: dict[str, Any], pron: str, item: str, rng: random.Ra
     raise AssertionError(op)  # pragma: no cover
 
 
-def _draw_problem(rng: random.Random, difficulty: int) -> dict[str, Any]:
+Levels = dict[int, tuple[tuple[int, int], int, int, int, tuple[str, ...]]]
+
+
+def _draw_problem(rng: random.Random, difficulty: int, levels: Levels | None = None) -> dict[str, Any]:
     """Draw one structured problem of the given difficulty (text, steps, answer)."""
-    (lo, hi), max_start, max_operand, cap, ops = _LEVELS[difficulty]
+    (lo, hi), max_start, max_operand, cap, ops = (levels or _LEVELS)[difficulty]
     n_ops = rng.randint(lo, hi)
     if rng.random() < 0.5:
         name, pron, poss = rng.choice(_NAMES_SHE), "she", "her"
@@ -209,7 +212,12 @@ def _draw_problem(rng: random.Random, difficulty: int) -> dict[str, Any]:
 
 
 def generate_problems(
-    n: int, split: str = "test", seed: int = 0, difficulty: int | None = None
+    n: int,
+    split: str = "test",
+    seed: int = 0,
+    difficulty: int | None = None,
+    levels: Levels | None = None,
+    family: str = "synth",
 ) -> list[dict[str, Any]]:
     """Generate ``n`` seeded arithmetic word problems of one split.
 
@@ -219,9 +227,13 @@ def generate_problems(
         seed: seed of the set; the same ``(n, split, seed, difficulty)`` always gives the same
             problems, and a shorter list is a prefix of a longer one.
         difficulty: 1 (easiest) to 4 (hardest), or ``None`` for a seeded mix of all of them.
+        levels: the table of difficulty levels (default: this module's; the hard testbed passes
+            its own, :data:`reasonexit.data.synthetic_hard.HARD_LEVELS`).
+        family: the problem family, the first part of every id and of every RNG seed string, so
+            two families never draw the same problems.
 
     Returns:
-        A list of dicts with keys ``id`` (``"synth-<split>-<seed>-<index>"``), ``problem`` (text),
+        A list of dicts with keys ``id`` (``"<family>-<split>-<seed>-<index>"``), ``problem`` (text),
         ``answer`` (int), ``difficulty`` (int) plus the structured fields used by
         :func:`make_trace` (``steps``, ``start``, ``name``, ``pronoun``, ``item``, ...).
     """
@@ -232,22 +244,22 @@ def generate_problems(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     buckets = _SPLIT_BUCKETS[split]
-    levels = list(DIFFICULTY_MIX)
-    weights = [DIFFICULTY_MIX[d] for d in levels]
+    mix = list(DIFFICULTY_MIX)
+    weights = [DIFFICULTY_MIX[d] for d in mix]
     seen: set[str] = set()
     out: list[dict[str, Any]] = []
     for index in range(n):
         for attempt in range(10_000):
-            rng = _rng_for(split, seed, index, attempt)
-            level = difficulty if difficulty is not None else rng.choices(levels, weights)[0]
-            prob = _draw_problem(rng, level)
+            rng = _rng_for(split, seed, index, attempt, family)
+            level = difficulty if difficulty is not None else rng.choices(mix, weights)[0]
+            prob = _draw_problem(rng, level, levels)
             text = prob["problem"]
             if _bucket(text) in buckets and text not in seen:
                 break
         else:  # pragma: no cover - the problem space is far larger than this
             raise RuntimeError(f"could not draw a fresh {split} problem at index {index}")
         seen.add(text)
-        out.append({"id": f"synth-{split}-{seed}-{index}", **prob})
+        out.append({"id": f"{family}-{split}-{seed}-{index}", **prob})
     return out
 
 

@@ -12,9 +12,31 @@ from typing import Any
 from ..errors import UserError, first_line
 from ..options import opt
 
-#: The bundled tiny reasoning model (see ``scripts/train_tiny_reasoner.py``).
-#: The bundled tiny reasoning model (see ``scripts/train_tiny_reasoner.py``).
-DEFAULT_MODEL = str(Path(__file__).resolve().parents[1] / "assets" / "tiny_reasoner")
+_ASSETS = Path(__file__).resolve().parents[1] / "assets"
+#: The bundled tiny reasoning model, the quick default (see ``scripts/train_tiny_reasoner.py``).
+DEFAULT_MODEL = str(_ASSETS / "tiny_reasoner")
+#: The hard testbed, on which exit rules are measured (``train_tiny_reasoner.py --hard``).
+HARD_MODEL = str(_ASSETS / "tiny_reasoner_hard")
+#: Short names of the bundled testbeds, accepted wherever a model is named (``--model hard``).
+BUNDLED_MODELS: dict[str, str] = {"tiny": DEFAULT_MODEL, "hard": HARD_MODEL}
+
+
+def resolve_model(name: str) -> str:
+    """The path a bundled testbed's short name stands for; any other name unchanged.
+
+    A directory of that name in the working directory wins over the short name. A bundled testbed
+    that is not in this checkout is a one-line error saying how to train it.
+    """
+    if name in BUNDLED_MODELS and not Path(name).exists():
+        path = BUNDLED_MODELS[name]
+        if not (Path(path) / "config.json").is_file():
+            flag = " --hard" if name == "hard" else ""
+            raise UserError(
+                f"the {name!r} testbed is not in this checkout ({path}); "
+                f"train it with: python scripts/train_tiny_reasoner.py{flag}"
+            )
+        return path
+    return name
 
 
 @dataclass
@@ -26,7 +48,10 @@ class EngineConfig:
     a ``reasonexit eval`` flag of the same name.
     """
 
-    model: str = opt(DEFAULT_MODEL, help="local model directory or hub name (default: the bundled tiny reasoner)")
+    model: str = opt(
+        DEFAULT_MODEL,
+        help="local model directory, hub name, or a bundled testbed: tiny (the default) or hard",
+    )
     tokenizer: str | None = opt(None, help="tokenizer directory or hub name, if not the model's")
     dtype: str = opt(
         "auto",
@@ -84,6 +109,9 @@ class EngineConfig:
 
         from vllm.config.model import ModelDType
 
+        self.model = resolve_model(self.model)
+        if self.tokenizer is not None:
+            self.tokenizer = resolve_model(self.tokenizer)
         dtypes = [d for d in typing.get_args(ModelDType) if isinstance(d, str)]
         if self.dtype not in dtypes:
             raise UserError(f"--dtype {self.dtype!r} is not a dtype vLLM knows; choose from: {', '.join(dtypes)}")
