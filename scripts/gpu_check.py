@@ -13,7 +13,11 @@ One command's worth of everything the CPU build of vLLM cannot show:
 - the cost of reasonexit's own per-step rule: decode throughput of ``budget --impl reasonexit``
   with a budget never reached against vanilla on the same problems and engine (same tokens);
 - FlashThink with its verifier engine beside the main one: on the testbed (verifier ``auto``:
-  the trained one) a second engine on the same GPU, within the memory shares.
+  the trained one) a second engine on the same GPU, within the memory shares;
+- the engine-step count ``reasonexit sweep`` reports (vLLM's per-iteration statistics, counted
+  by a stat logger): under asynchronous scheduling and speculative decoding, which the CPU build
+  never runs, the vanilla run's steps must be between 1 and its tokens, and the tokens vLLM's
+  statistics saw must equal the tokens the run returned.
 
 Prints one table per runner, then the checks; exits 1 on any failure or mismatch, 2 on bad input.
 The CPU build has only the V1 runner, so on CPU only that runner is run (the test suite runs it so).
@@ -102,6 +106,12 @@ def _verdict(reports: dict[str, dict[str, Any]]) -> int:
                 problems.append(f"{runner}: a budget that is never reached changed the output")
         if rep.get("verifier"):
             print(f"{runner}: flashthink verifier: {rep['verifier']}")
+        steps = rep.get("steps")
+        if steps is not None:
+            print(f"{runner}: engine steps (vanilla): {steps['steps']} for {steps['tokens']} tokens; "
+                  f"vLLM's statistics saw {steps['generated']} generated tokens")  # fmt: skip
+            if not 0 < steps["steps"] <= steps["tokens"] or steps["generated"] != steps["tokens"]:
+                problems.append(f"{runner}: the engine-step count does not match the run")
     if len(reports) == 2:
         (ra, a), (rb, b) = reports.items()
         for label in GREEDY:
@@ -163,8 +173,10 @@ def _one_runner(args: argparse.Namespace) -> int:
     print(f"model: {config.model}; {session.markers.describe()}")
     decoding = Decoding(max_tokens=args.max_tokens, seed=0)
     rows, failed, per_problem, walls = [], [], {}, {}
+    steps_seen: dict[str, int] | None = None
     for label, method in methods:
         start = time.perf_counter()
+        steps0, generated0 = session.steps.steps, session.steps.generated_tokens
         try:
             results = session.run(solve_all(session, method, jobs, decoding))
         except Exception as exc:  # noqa: BLE001 - the check reports every failure and goes on
@@ -175,12 +187,20 @@ def _one_runner(args: argparse.Namespace) -> int:
         failed += [f"{label} ({r.id}: {r.error})" for r in results if r.exit_reason == "error"]
         rows.append(summarize([r.to_row() for r in results], run=label, wall_s=wall))
         walls[label] = (wall, [r.output_tokens for r in results])
+        if label == "vanilla":
+            steps_seen = {
+                "steps": session.steps.steps - steps0,
+                "generated": session.steps.generated_tokens - generated0,
+                "tokens": sum(r.compute_tokens for r in results),
+            }
         per_problem[label] = {
             r.id: [r.answer, r.exit_reason, r.output_tokens, r.info.get("exit_pos")] for r in results
         }
     if rows:
         print(markdown_table(rows))
-    report: dict[str, Any] = {"runner": session.runner, "failed": failed, "results": per_problem}
+    report: dict[str, Any] = {
+        "runner": session.runner, "failed": failed, "results": per_problem, "steps": steps_seen,
+    }  # fmt: skip
     if "vanilla" in walls and RULE_COST in walls:
         (plain_wall, plain_tokens), (rule_wall, rule_tokens) = walls["vanilla"], walls[RULE_COST]
         report["rule_cost"] = {

@@ -30,6 +30,7 @@ from .logs import quiet_by_default, verbose
 from .platform import RUNNING_CPU_ENGINES, cpu_binding, cpu_kv_cache_space, engine_env, resolve_dtype, shutdown_env
 from .processes import Watchdog, check_main_guard, engine_processes_in_own_group, shutdown_late_engine
 from .requests import Requests
+from .steps import StepCounter
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -97,6 +98,8 @@ class EngineSession(Requests):
         self.serving = False
         #: Context length; read from the model config until the engine, which has the last word, starts.
         self.max_model_len: int = self.config.max_model_len or context_length(self.config)
+        #: Engine iterations (forward passes) so far, from vLLM's per-iteration statistics.
+        self.steps = StepCounter()
         self._engine: Any = None
         self._loop = _new_event_loop()
         self._thread = threading.Thread(target=self._run_loop, name="reasonexit-engine", daemon=True)
@@ -187,7 +190,7 @@ class EngineSession(Requests):
             enable_prefix_caching=True,
             trust_remote_code=cfg.trust_remote_code,
             max_logprobs=20,
-            disable_log_stats=True,
+            disable_log_stats=False,
             use_tqdm_on_load=verbose(),
         )
         if cfg.max_num_seqs is not None:
@@ -248,7 +251,10 @@ class EngineSession(Requests):
                 rules = step_rules.required() | set(cfg.step_rules)
                 step_rules.check_engine_supports(vllm_config, rules)
                 vllm_config.model_config.logits_processors = step_rules.processors_for(rules, v2) or None
-                engine = AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
+                # statistics on, for the step counter (vLLM's log line stays off unless --verbose)
+                engine = AsyncLLM.from_vllm_config(
+                    vllm_config, disable_log_stats=False, stat_loggers=[self.steps.factory()]
+                )
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - every start-up failure becomes one line with a hint

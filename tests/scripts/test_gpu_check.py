@@ -37,6 +37,8 @@ def test_gpu_check_runs_every_method_and_no_deprecation():
                      r"\(x[\d.]+\), same tokens: True", out), out[-3000:]  # fmt: skip
     assert "v1: flashthink verifier: trained on its own engine" in out
     assert "gpu_check: every method ran on v1" in out
+    steps = re.search(r"v1: engine steps \(vanilla\): (\d+) for (\d+) tokens; vLLM's statistics saw (\d+)", out)
+    assert steps and 0 < int(steps[1]) < int(steps[2]) == int(steps[3])  # 2 problems in flight share steps
     from reasonexit.methods import BUILTIN  # not method_names(): other test modules register test-only methods
 
     for name in BUILTIN:
