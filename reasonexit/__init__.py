@@ -19,8 +19,8 @@ from .errors import UserError
 freeze_gc_at_exit_in_engine_processes()
 
 if TYPE_CHECKING:
-    from .api import agenerate, generate
-    from .engine import DEFAULT_MODEL, EngineConfig, EngineSession, get_session
+    from .api import agenerate, calibrate, generate, sweep
+    from .engine import DEFAULT_MODEL, HARD_MODEL, EngineConfig, EngineSession, get_session
     from .runs.evaluate import evaluate
     from .runs.results import Result
 
@@ -28,9 +28,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "agenerate": "api",
+    "calibrate": "api",
+    "sweep": "api",
     "evaluate": "runs.evaluate",
     "generate": "api",
     "DEFAULT_MODEL": "engine.session",
+    "HARD_MODEL": "engine.config",
     "EngineConfig": "engine.session",
     "EngineSession": "engine.session",
     "get_session": "engine.session",
@@ -39,14 +42,17 @@ _LAZY = {
 
 __all__ = [
     "DEFAULT_MODEL",
+    "HARD_MODEL",
     "EngineConfig",
     "EngineSession",
     "Result",
     "UserError",
     "agenerate",
+    "calibrate",
     "evaluate",
     "generate",
     "get_session",
+    "sweep",
 ]
 
 __getattr__, __dir__ = lazy_names(__name__, _LAZY, __all__)

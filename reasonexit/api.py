@@ -66,6 +66,7 @@ def _prepare(
     max_in_flight: int,
     golds: Sequence[str] | None,
     kind: str,
+    settings: str | None = None,
 ) -> tuple[EngineSession, Coroutine[Any, Any, list[Result]]] | None:
     """What :func:`generate` and :func:`agenerate` run: the session and the (not yet started)
     coroutine that solves all prompts on it; ``None`` for no prompts (nothing is checked or started).
@@ -77,6 +78,12 @@ def _prepare(
     items = _prompt_list(prompts)
     if not items:
         return None
+    if settings is not None:
+        from .runs.calibrate import with_settings
+
+        if not isinstance(method, str):
+            raise UserError("settings= takes a method name, not a Method object")
+        method, method_options = with_settings(settings, method, method_options)
     meth = _method(method, method_options)
     checked = Decoding(**decoding)
     EvalOptions(max_in_flight=max_in_flight)  # checks it, as for `reasonexit eval --max-in-flight`
@@ -105,11 +112,14 @@ async def agenerate(
     max_in_flight: int = 256,
     golds: Sequence[str] | None = None,
     kind: str = "math",
+    settings: str | None = None,
     **method_options: Any,
 ) -> list[Result]:
     """Async :func:`generate`: awaitable from any event loop (the engine runs on its own loop)."""
     decoding = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    call = _prepare(prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind)
+    call = _prepare(
+        prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind, settings
+    )
     return [] if call is None else await call[0].arun(call[1])
 
 
@@ -127,17 +137,106 @@ def generate(
     max_in_flight: int = 256,
     golds: Sequence[str] | None = None,
     kind: str = "math",
+    settings: str | None = None,
     **method_options: Any,
 ) -> list[Result]:
     """Generate with a named method (``vanilla``, ``budget``, ...) and return one :class:`Result` a prompt.
 
     ``prompts`` is a user message, a list of chat messages, or a list of either. The chat template
-    is applied. Method options are keywords (e.g. ``max_thinking_tokens=256``). Without ``model``,
+    is applied. Method options are keywords (e.g. ``max_thinking_tokens=256``); ``settings`` names a
+    settings file (``reasonexit calibrate`` writes one) whose method and options apply, under the
+    keywords given. Without ``model``,
     ``engine`` or ``session``, the bundled tiny reasoning model is used. With ``golds``, results
     are graded. Bad input raises a one-line :class:`~reasonexit.errors.UserError` before any
     engine starts; an empty list returns ``[]`` without starting one. A prompt whose method
     fails gets a result with ``exit_reason == "error"`` and the cause in ``error``.
     """
     decoding = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
-    call = _prepare(prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind)
+    call = _prepare(
+        prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind, settings
+    )
     return [] if call is None else call[0].run(call[1])
+
+
+def _session_for(model: str | None, engine: EngineConfig | None, session: EngineSession | None) -> EngineSession:
+    return session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
+
+
+def sweep(
+    grid: Sequence[str] = (),
+    baseline: Sequence[str] = ("vanilla",),
+    *,
+    out: str = "runs/sweep",
+    model: str | None = None,
+    engine: EngineConfig | None = None,
+    session: EngineSession | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_tokens: int = 2048,
+    seed: int = 0,
+    **problem_options: Any,
+) -> list[dict[str, Any]]:
+    """Run every setting of ``grid`` and ``baseline`` (specs as ``reasonexit sweep`` takes them, e.g.
+    ``"deer:threshold=0.9,0.99"``) on one engine into run files in ``out`` (a re-run resumes), write
+    ``sweep.md`` and ``sweep.png`` there, and return one summary dict per setting (accuracy and its
+    standard error, tokens, wall time, engine steps, tokens saved, Pareto front).
+
+    ``problem_options`` are the fields of :class:`~reasonexit.runs.sweep.SweepOptions` shared with
+    ``eval`` (``dataset``, ``limit``, ``split``, ``samples``, ...). Every setting is checked before
+    the engine starts.
+    """
+    from .options import build
+    from .runs.sweep import SweepOptions, sweep_main
+
+    kwargs = {"grid": tuple(grid), "baseline": tuple(baseline), "out": out, "quiet": True, **problem_options}
+    options = build(SweepOptions, kwargs, "sweep")
+    decoding = Decoding(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    return sweep_main(options, _session_for(model, engine, session), decoding, say=lambda *_: None)
+
+
+def calibrate(
+    method: str = "deer",
+    param: str = "threshold",
+    grid: Sequence[str | float] = ("0.5", "0.8", "0.9", "0.95", "0.99", "0.999"),
+    *,
+    max_loss: float = 0.02,
+    delta: float = 0.1,
+    out: str = "calibrated.yaml",
+    model: str | None = None,
+    engine: EngineConfig | None = None,
+    session: EngineSession | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    max_tokens: int = 2048,
+    seed: int = 0,
+    method_options: dict[str, Any] | None = None,
+    **calibrate_options: Any,
+) -> dict[str, Any]:
+    """Choose the most aggressive ``grid`` value of ``param`` whose accuracy loss against the
+    reference stays within ``max_loss`` with probability at least ``1 - delta`` (Learn then Test;
+    see :mod:`reasonexit.runs.calibrate`), and write the settings file ``out``.
+
+    ``calibrate_options`` are the other fields of :class:`~reasonexit.runs.calibrate.CalibrateOptions`
+    (``dataset``, ``split``, ``limit``, ``reference``, ``check_split``, ``runs``, ...);
+    ``method_options`` the method's other options. Returns ``chosen`` (``None`` when no value
+    qualifies), the per-value ``table``, the ``record`` and the ``settings`` path.
+    """
+    from .options import build
+    from .runs.calibrate import CalibrateOptions, calibrate_command
+
+    kwargs = {
+        "method": method,
+        "param": param,
+        "grid": tuple(str(v) for v in grid),
+        "max_loss": max_loss,
+        "delta": delta,
+        "out": out,
+        "quiet": True,
+        **calibrate_options,
+    }
+    options = build(CalibrateOptions, kwargs, "calibrate")
+    decoding = Decoding(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    base = dict(method_options or {})
+    return calibrate_command(
+        options, base, _session_for(model, engine, session), decoding, log=lambda *_: None, say=lambda *_: None
+    )

@@ -7,19 +7,19 @@ no traceback is shown for them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import Interrupted, RunStopped, UserError
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
     from .methods.base import Decoding
-    from .runs.options import EvalOptions
 
 EXIT_USER_ERROR = 2
 
@@ -90,9 +90,56 @@ def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] 
     return p
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``sweep`` parser: the sweep's settings and problems, then the decoding and engine flags."""
+    from .engine import EngineConfig
+    from .methods.base import Decoding
+    from .options import add_arguments
+    from .runs.sweep import SweepOptions
+
+    p = sub.add_parser(
+        "sweep",
+        allow_abbrev=False,
+        help="run many methods and settings on one engine; table and accuracy-vs-cost plots",
+        description=(
+            "Run every setting of the --grid and --baseline flags on one engine, each into its own run file "
+            "in --out (re-running resumes), then print the table (accuracy ± s.e., tokens, wall time, engine "
+            "steps, tokens saved, Pareto front) and write sweep.md and sweep.png there."
+        ),
+    )
+    add_arguments(p.add_argument_group("sweep"), SweepOptions)
+    add_arguments(p.add_argument_group("decoding"), Decoding)
+    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    return p
+
+
+def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``calibrate`` parser: what is tested and with which guarantee, then decoding and engine flags."""
+    from .engine import EngineConfig
+    from .methods.base import Decoding
+    from .options import add_arguments
+    from .runs.calibrate import CalibrateOptions
+
+    p = sub.add_parser(
+        "calibrate",
+        allow_abbrev=False,
+        help="choose a method's parameter with a stated bound on the accuracy loss (Learn then Test)",
+        description=(
+            "Run a reference and every --grid value of --param on calibration problems; choose the most "
+            "aggressive value whose loss (reference right, setting wrong) stays within --max-loss with "
+            "probability >= 1 - --delta (fixed-sequence testing); write a settings file for --settings. "
+            "The method's other options follow as --name value."
+        ),
+    )
+    add_arguments(p.add_argument_group("calibration"), CalibrateOptions)
+    add_arguments(p.add_argument_group("decoding"), Decoding)
+    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    return p
+
+
 def _report_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="compare run files: markdown table and accuracy-vs-tokens plot")
-    p.add_argument("runs", nargs="+", help="run files (jsonl) written by `reasonexit eval`")
+    p.add_argument("runs", nargs="+", help="run files (jsonl) written by `reasonexit eval`, or a sweep directory")
     p.add_argument("--plot", default="report.png", help="PNG path for the plot ('' for none)")
     return p
 
@@ -105,6 +152,8 @@ def build_parser(method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _eval_parser(sub, method_help)
+    _sweep_parser(sub)
+    _calibrate_parser(sub)
     _report_parser(sub)
     _serve_parser(sub, method_help)
     methods = sub.add_parser("methods", help="list methods, or one method's options with their help")
@@ -143,10 +192,11 @@ def _on_signal(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def _eval_settings(args: argparse.Namespace) -> tuple[EvalOptions, Decoding, EngineConfig]:
+def _eval_settings(args: argparse.Namespace, options_class: type | None = None) -> tuple[Any, Decoding, EngineConfig]:
     """The run, decoding and engine settings from the parsed flags (converted by their declarations).
 
-    A ``--preset`` fills in the decoding settings of its model family; flags given explicitly win.
+    ``options_class``: the run's options (default :class:`EvalOptions`; ``sweep``: its own). A
+    ``--preset`` fills in the decoding settings of its model family; flags given explicitly win.
     """
     from .engine import EngineConfig
     from .methods.base import Decoding
@@ -154,8 +204,9 @@ def _eval_settings(args: argparse.Namespace) -> tuple[EvalOptions, Decoding, Eng
     from .runs.options import PRESETS, EvalOptions
 
     values = vars(args)
+    cls = options_class or EvalOptions
     try:  # the settings check themselves; a bad one is named by its flag
-        run = EvalOptions(**collect(EvalOptions, values))
+        run = cls(**collect(cls, values))
         given = collect(Decoding, values)
         decoding = Decoding(**{**PRESETS.get(run.preset or "", {}), **given})
     except OptionError as exc:
@@ -171,29 +222,19 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     Nothing is started and no file is created until every check has passed; the result file
     appears with its first row.
     """
-    from .data.datasets import load_problems
     from .engine import get_session
     from .methods.base import make_method
+    from .runs.calibrate import with_settings
     from .runs.evaluate import evaluate
     from .runs.report import markdown_table, plot_accuracy_vs_tokens, summarize
     from .runs.runfile import default_run_path, open_run, run_signature
 
     run, decoding, config = _eval_settings(args)
-    method = make_method(run.method, _method_options(extra))
+    method = make_method(*with_settings(run.settings, run.method, _method_options(extra)))
     signature = run_signature(config.model, run.dataset, method, decoding, samples=run.samples)
     out = Path(run.out) if run.out else default_run_path(signature)
     run_file = open_run(out, signature)  # checked before anything starts; evaluate does not check it again
-    problems = load_problems(
-        run.dataset,
-        limit=run.limit,
-        split=run.split,
-        problem_field=run.problem_field,
-        answer_field=run.answer_field,
-        id_field=run.id_field,
-        dataset_format=run.dataset_format,
-        synthetic_seed=run.data_seed,
-        synthetic_difficulty=run.difficulty,
-    )
+    problems = run.load()
     if config.no_thinking:
         method.check_model(has_thinking=False)
     session = get_session(config)  # the tokenizer; the engine starts with the first request
@@ -226,8 +267,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             print(f"interrupted: {stop.done} of {stop.total} done; re-run the same command to resume", file=sys.stderr)
             return 128 + stop.signum
         print(
-            f"reasonexit: error: {stop.reason}; {stop.done} of {stop.total} done; "
-            "re-run the same command to resume",
+            f"reasonexit: error: {stop.reason}; {stop.done} of {stop.total} done; re-run the same command to resume",
             file=sys.stderr,
         )
         return 1
@@ -239,18 +279,61 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``reasonexit sweep``: check every setting, run each on one engine into its run file, print the table."""
+    from .engine import get_session
+    from .runs.sweep import SweepOptions, sweep_main
+
+    run, decoding, config = _eval_settings(args, SweepOptions)
+    session = get_session(config)
+    try:
+        sweep_main(run, session, decoding)
+        return 0
+    except RunStopped as stop:
+        return _stopped(session, stop)
+
+
+def cmd_calibrate(args: argparse.Namespace, extra: list[str]) -> int:
+    """``reasonexit calibrate``: run, choose with the guarantee, write the settings file."""
+    from .engine import get_session
+    from .runs.calibrate import CalibrateOptions, calibrate_command
+
+    run, decoding, config = _eval_settings(args, CalibrateOptions)
+    session = get_session(config)
+    print(
+        f"model: {config.model} ({session.markers.describe()}); calibrating {run.method} {run.param}", file=sys.stderr
+    )
+    try:
+        return 0 if calibrate_command(run, _method_options(extra), session, decoding)["chosen"] is not None else 1
+    except RunStopped as stop:
+        return _stopped(session, stop)
+
+
+def _stopped(session: Any, stop: RunStopped) -> int:
+    """Report a sweep or calibration that stopped early; its run files stay for a resume."""
+    if stop.signum is not None or stop.engine_dead:
+        session.close()
+    if stop.signum is not None:
+        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        return 128 + stop.signum
+    print(f"reasonexit: error: {stop.reason}; re-run the same command to resume", file=sys.stderr)
+    return 1
+
+
 def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
     """``reasonexit serve``: check the settings, start the engine, serve until interrupted."""
     from . import step_rules
     from .engine import EngineConfig, get_session
     from .methods.base import Decoding, make_method
     from .options import collect
+    from .runs.calibrate import with_settings
     from .serve import ServeOptions, serve
 
     values = vars(args)
     options = ServeOptions(**collect(ServeOptions, values))
     decoding = Decoding(**collect(Decoding, values))  # checks itself
-    method_options = _method_options(extra)
+    method, method_options = with_settings(options.settings, options.method, _method_options(extra))
+    options = dataclasses.replace(options, method=method)
     make_method(options.method, method_options)  # checked before anything starts
     if not 0 < options.port < 65536:
         raise UserError(f"--port must be in 1..65535, got {options.port}")
@@ -271,7 +354,14 @@ def cmd_serve(args: argparse.Namespace, extra: list[str]) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     """``reasonexit report``: side-by-side table of run files and a plot."""
     from .runs.report import report
+    from .runs.sweep import sweep_report
 
+    if len(args.runs) == 1 and Path(args.runs[0]).is_dir():
+        table, png = sweep_report(args.runs[0], plot=bool(args.plot))
+        print(table)
+        if png:
+            print(f"plot: {png}")
+        return 0
     table, png = report(args.runs, args.plot or None)
     print(table)
     if png:
@@ -339,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
             return _with_signal_handlers(cmd_eval, args, extra)
         if args.command == "serve":
             return cmd_serve(args, extra)
+        if args.command == "sweep":
+            if extra:
+                parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            return _with_signal_handlers(cmd_sweep, args)
+        if args.command == "calibrate":
+            return _with_signal_handlers(cmd_calibrate, args, extra)
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "report":

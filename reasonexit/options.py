@@ -23,11 +23,24 @@ from .errors import UserError
 MISSING = dataclasses.MISSING
 
 
-def opt(default: Any = MISSING, *, help: str, default_factory: Any = MISSING, flag: str | None = None) -> Any:
-    """A dataclass field with help text (``flag`` overrides the ``--kebab-case`` flag name)."""
-    meta = {"help": help}
+def opt(
+    default: Any = MISSING,
+    *,
+    help: str,
+    default_factory: Any = MISSING,
+    flag: str | None = None,
+    repeat: bool = False,
+) -> Any:
+    """A dataclass field with help text (``flag`` overrides the ``--kebab-case`` flag name).
+
+    ``repeat`` (a list or tuple field): the flag is given once per item (``--grid A --grid B``)
+    instead of one comma-separated value, for items that hold commas themselves.
+    """
+    meta: dict[str, Any] = {"help": help}
     if flag:
         meta["flag"] = flag
+    if repeat:
+        meta["repeat"] = True
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -193,7 +206,11 @@ def add_arguments(group: Any, cls: type, *, skip: Iterable[str] = (), dest_prefi
             default=argparse.SUPPRESS,
             help=f"{help_of(f)} [{type_name(tp)}]{shown}".replace("%", "%%"),
         )
-        if tp is bool or typing.get_args(tp) == (bool, type(None)):
+        if f.metadata.get("repeat"):
+            kwargs["action"] = "append"
+            kwargs["help"] = kwargs["help"].replace(" (comma-separated)", " (repeat the flag)")
+            kwargs["metavar"] = f.name.upper()
+        elif tp is bool or typing.get_args(tp) == (bool, type(None)):
             kwargs["nargs"] = "?"
             kwargs["const"] = "true"
             kwargs["metavar"] = "BOOL"

@@ -10,13 +10,16 @@ the processes it starts.
 - :mod:`.logs`: quiet by default; :mod:`.types`: usage, deltas, completions.
 """
 
-from .config import DEFAULT_MODEL, EngineConfig
+from .config import BUNDLED_MODELS, DEFAULT_MODEL, HARD_MODEL, EngineConfig, resolve_model
 from .platform import on_gpu, reserve_spare_core, spare_cpu_core
 from .session import EngineSession, close_all_sessions, get_session
 from .types import Completion, Delta, Usage
 
 __all__ = [
+    "BUNDLED_MODELS",
     "DEFAULT_MODEL",
+    "HARD_MODEL",
+    "resolve_model",
     "Completion",
     "Delta",
     "EngineConfig",

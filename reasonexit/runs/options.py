@@ -16,11 +16,14 @@ from ..options import check_at_least, opt
 
 
 @dataclass
-class EvalOptions:
-    """What to evaluate, where the rows go, and how the run behaves."""
+class ProblemOptions:
+    """Which problems a run solves, how many times, and how the run behaves (``eval`` and ``sweep``)."""
 
-    method: str = opt("vanilla", help="method name (see `reasonexit methods`); its options follow as --name value")
-    dataset: str = opt("synthetic", help="dataset name (gsm8k, aime24, ...) or a local .jsonl/.json/.parquet file")
+    dataset: str = opt(
+        "synthetic",
+        help="dataset name (gsm8k, aime24, ..., synthetic_hard for the hard testbed) or a local "
+        ".jsonl/.json/.parquet file",
+    )
     dataset_format: str | None = opt(None, help="named dataset whose column mapping a local file uses")
     split: str | None = opt(None, help="dataset split (hub datasets)")
     problem_field: str | None = opt(None, help="column holding the problem text")
@@ -35,10 +38,8 @@ class EvalOptions:
     preset: str | None = opt(
         None, help="model-card decoding settings of a family: " + ", ".join(sorted(["r1", "qwen3", "qwq"]))
     )
-    out: str | None = opt(None, help="result file (jsonl); re-running with the same file resumes")
     max_in_flight: int = opt(256, help="problems in flight at once")
     fail_fast: bool = opt(False, help="stop at the first problem that fails (default: an error row, the run goes on)")
-    plot: str | None = opt(None, help="also write an accuracy-vs-tokens PNG here")
     quiet: bool = opt(False, help="no progress bar; errors only")
     verbose: bool = opt(False, help="show vLLM's own logs (quiet by default)")
 
@@ -51,6 +52,34 @@ class EvalOptions:
         check_at_least("max_in_flight", self.max_in_flight, 1)
         if self.preset is not None and self.preset not in PRESETS:
             raise UserError(f"unknown --preset {self.preset!r}; choose from: {', '.join(sorted(PRESETS))}")
+
+    def load(self, split: str | None = None) -> list:
+        """The problems these options name (``split``: another split of the same set)."""
+        from ..data.datasets import load_problems
+
+        return load_problems(
+            self.dataset,
+            limit=self.limit,
+            split=split or self.split,
+            problem_field=self.problem_field,
+            answer_field=self.answer_field,
+            id_field=self.id_field,
+            dataset_format=self.dataset_format,
+            synthetic_seed=self.data_seed,
+            synthetic_difficulty=self.difficulty,
+        )
+
+
+@dataclass
+class EvalOptions(ProblemOptions):
+    """What to evaluate, where the rows go, and how the run behaves."""
+
+    method: str = opt("vanilla", help="method name (see `reasonexit methods`); its options follow as --name value")
+    settings: str | None = opt(
+        None, help="settings file of a method and its options (written by `reasonexit calibrate`); flags win"
+    )
+    out: str | None = opt(None, help="result file (jsonl); re-running with the same file resumes")
+    plot: str | None = opt(None, help="also write an accuracy-vs-tokens PNG here")
 
 
 #: Decoding settings the model cards give for evaluating each family. DeepSeek-R1 (and its

@@ -20,6 +20,9 @@ class ServeOptions:
     port: int = opt(8000, help="TCP port to listen on")
     api_key: str | None = opt(None, help="require this key as 'Authorization: Bearer KEY' (default: no auth)")
     method: str = opt("vanilla", help="default method of requests that name none (`reasonexit methods` lists them)")
+    settings: str | None = opt(
+        None, help="settings file of the default method and its options (written by `reasonexit calibrate`)"
+    )
     served_model_name: str | None = opt(None, help="model name in /v1/models and responses (default: --model)")
     max_n: int = opt(16, help="largest n (choices per request) accepted")
     stream_interval: float = opt(
