@@ -156,3 +156,20 @@ def test_an_interrupted_sweep_resumes_only_what_is_missing(session, tmp_path) ->
         if x.strip().startswith("{") and x.strip().endswith("}")
     ]
     assert len(set(ids)) == 6
+
+
+def test_sampled_sweep_reports_pass_at_1_with_its_error(session, tmp_path) -> None:
+    problems = load_problems("synthetic", limit=3)
+    settings = [Setting("vanilla", {}, baseline=True)]
+    dec = Decoding(max_tokens=96, temperature=0.8, top_p=0.95)
+    rows = run_sweep(settings, [make_method("vanilla")], problems, "synthetic", session, dec, tmp_path, samples=2,
+                     progress=False)  # fmt: skip
+    (row,) = rows
+    assert row["n"] == 6  # 3 problems x 2 samples, each a row of the run file
+    per_problem = {}
+    for line in (tmp_path / "vanilla.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        per_problem.setdefault(r["problem_id"], []).append(bool(r["correct"]))
+    shares = [sum(v) / len(v) for v in per_problem.values()]
+    assert row["accuracy"] == pytest.approx(100 * sum(shares) / len(shares), abs=0.01)
+    assert row["accuracy_se"] == row["accuracy_se"]  # a number, the spread across problems
