@@ -87,7 +87,7 @@ def _prepare(
     meth = _method(method, method_options)
     checked = Decoding(**decoding)
     EvalOptions(max_in_flight=max_in_flight)  # checks it, as for `reasonexit eval --max-in-flight`
-    session = session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
+    session = _session_for(model, engine, session)
     meth.check_model(session.markers.has_thinking)
     if golds is not None and len(golds) != len(items):
         raise UserError(f"{len(golds)} gold answers for {len(items)} prompts")
@@ -159,6 +159,8 @@ def generate(
 
 
 def _session_for(model: str | None, engine: EngineConfig | None, session: EngineSession | None) -> EngineSession:
+    """The session a call runs on: the one given, else the shared one of ``engine`` or ``model``
+    (default: the bundled testbed)."""
     return session or get_session(engine or EngineConfig(**({"model": model} if model else {})))
 
 

@@ -30,8 +30,6 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
     ``method_help`` names methods whose options are listed in ``--help`` (the method given with
     ``--method`` and any ``--inner`` one); method options themselves are parsed by the method.
     """
-    from .engine import EngineConfig
-    from .methods.base import Decoding
     from .options import add_arguments
     from .runs.options import EvalOptions
 
@@ -47,9 +45,7 @@ def _eval_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] =
         ),
     )
     add_arguments(p.add_argument_group("run"), EvalOptions)
-    add_arguments(p.add_argument_group("decoding"), Decoding)
-    # the engine's seed is the decoding seed (--seed)
-    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    _add_decoding_and_engine(p)
     _add_method_groups(p, method_help)
     return p
 
@@ -67,8 +63,6 @@ def _add_method_groups(p: argparse.ArgumentParser, method_help: tuple[str, ...])
 
 def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] = ()) -> argparse.ArgumentParser:
     """The ``serve`` parser: server flags, then the decoding and engine flags of ``eval``."""
-    from .engine import EngineConfig
-    from .methods.base import Decoding
     from .options import add_arguments
     from .serve import ServeOptions
 
@@ -83,17 +77,25 @@ def _serve_parser(sub: argparse._SubParsersAction, method_help: tuple[str, ...] 
         ),
     )
     add_arguments(p.add_argument_group("server"), ServeOptions)
-    add_arguments(p.add_argument_group("decoding defaults"), Decoding)
-    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    _add_decoding_and_engine(p, "decoding defaults")
     p.add_argument("--quiet", nargs="?", const="true", default="false", help=argparse.SUPPRESS)
     _add_method_groups(p, method_help)
     return p
 
 
-def _sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The ``sweep`` parser: the sweep's settings and problems, then the decoding and engine flags."""
+def _add_decoding_and_engine(p: argparse.ArgumentParser, decoding_title: str = "decoding") -> None:
+    """The decoding and engine flag groups of every command that runs a model (the engine's seed is
+    the decoding seed, ``--seed``)."""
     from .engine import EngineConfig
     from .methods.base import Decoding
+    from .options import add_arguments
+
+    add_arguments(p.add_argument_group(decoding_title), Decoding)
+    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+
+
+def _sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The ``sweep`` parser: the sweep's settings and problems, then the decoding and engine flags."""
     from .options import add_arguments
     from .runs.sweep import SweepOptions
 
@@ -108,15 +110,12 @@ def _sweep_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         ),
     )
     add_arguments(p.add_argument_group("sweep"), SweepOptions)
-    add_arguments(p.add_argument_group("decoding"), Decoding)
-    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    _add_decoding_and_engine(p)
     return p
 
 
 def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """The ``calibrate`` parser: what is tested and with which guarantee, then decoding and engine flags."""
-    from .engine import EngineConfig
-    from .methods.base import Decoding
     from .options import add_arguments
     from .runs.calibrate import CalibrateOptions
 
@@ -132,8 +131,7 @@ def _calibrate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         ),
     )
     add_arguments(p.add_argument_group("calibration"), CalibrateOptions)
-    add_arguments(p.add_argument_group("decoding"), Decoding)
-    add_arguments(p.add_argument_group("engine"), EngineConfig, skip=("seed",), dest_prefix="engine.")
+    _add_decoding_and_engine(p)
     return p
 
 
@@ -261,16 +259,7 @@ def cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
             samples=run.samples,
         )
     except RunStopped as stop:
-        if stop.signum is not None or stop.engine_dead:
-            session.close()  # in order: requests were aborted and rows flushed; now the engine
-        if stop.signum is not None:
-            print(f"interrupted: {stop.done} of {stop.total} done; re-run the same command to resume", file=sys.stderr)
-            return 128 + stop.signum
-        print(
-            f"reasonexit: error: {stop.reason}; {stop.done} of {stop.total} done; re-run the same command to resume",
-            file=sys.stderr,
-        )
-        return 1
+        return _stopped(session, stop)
     summary = summarize(result.rows, run=out.stem, wall_s=result.wall_s, timed_rows=result.new_rows)
     print(markdown_table([summary]))
     print(f"results: {out}")
@@ -310,13 +299,18 @@ def cmd_calibrate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _stopped(session: Any, stop: RunStopped) -> int:
-    """Report a sweep or calibration that stopped early; its run files stay for a resume."""
+    """Report a run (or the setting of a sweep or calibration) that stopped early; its rows stay
+    for a resume. After an interrupt or a dead engine the engine is closed, in order: requests were
+    aborted and rows flushed first."""
     if stop.signum is not None or stop.engine_dead:
         session.close()
     if stop.signum is not None:
-        print("interrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"interrupted: {stop.done} of {stop.total} done; re-run the same command to resume", file=sys.stderr)
         return 128 + stop.signum
-    print(f"reasonexit: error: {stop.reason}; re-run the same command to resume", file=sys.stderr)
+    print(
+        f"reasonexit: error: {stop.reason}; {stop.done} of {stop.total} done; re-run the same command to resume",
+        file=sys.stderr,
+    )
     return 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -35,6 +35,20 @@ class DatasetSpec:
     meta_fields: tuple[str, ...] = ()
     description: str = ""
 
+
+#: The built-in generated set; the hard testbed's set is the same but for its name and generator.
+_SYNTHETIC = DatasetSpec(
+    name="synthetic",
+    hub=None,
+    config=None,
+    split="test",
+    problem_fields=("problem",),
+    answer_fields=("answer",),
+    id_fields=("id",),
+    kind="math",
+    prompt_style="math",
+    description="built-in offline arithmetic problems (reasonexit.data.synthetic)",
+)
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -122,28 +136,10 @@ DATASETS: dict[str, DatasetSpec] = {
             meta_fields=("subdomain", "high-level domain"),
             description="GPQA Diamond, 198 four-way multiple-choice questions (gated on the hub)",
         ),
-        DatasetSpec(
-            name="synthetic",
-            hub=None,
-            config=None,
-            split="test",
-            problem_fields=("problem",),
-            answer_fields=("answer",),
-            id_fields=("id",),
-            kind="math",
-            prompt_style="math",
-            description="built-in offline arithmetic problems (reasonexit.data.synthetic)",
-        ),
-        DatasetSpec(
+        _SYNTHETIC,
+        replace(
+            _SYNTHETIC,
             name="synthetic_hard",
-            hub=None,
-            config=None,
-            split="test",
-            problem_fields=("problem",),
-            answer_fields=("answer",),
-            id_fields=("id",),
-            kind="math",
-            prompt_style="math",
             description="built-in harder arithmetic problems of the hard testbed (reasonexit.data.synthetic_hard)",
         ),
     )
