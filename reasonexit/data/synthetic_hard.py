@@ -1,30 +1,31 @@
-"""The hard testbed's problems and traces: early answers that are often wrong and settle late.
+"""The hard testbed's problems and traces: trial answers that are uncertain and settle late.
 
 This module feeds ``reasonexit/assets/tiny_reasoner_hard``, the testbed on which exit rules are
-measured. It reuses the word problems of :mod:`reasonexit.data.synthetic` with larger numbers
-(:data:`HARD_LEVELS`: up to five steps and values up to 800, beyond what a network of a few million
-parameters computes reliably) and writes traces in which the answer changes as thinking goes on:
+measured. It reuses the word problems of :mod:`reasonexit.data.synthetic` with longer chains
+(:data:`HARD_LEVELS`: three to seven steps, values up to 200), so that a network of a few million
+parameters gets many of them wrong, and writes traces whose transitions come *inside* the
+computation, as a real reasoning model's "Wait" does:
 
-1. **Quick estimate.** After restating the start, the trace runs the whole chain at once, without
-   intermediate results ("Quick estimate: 148 + 7*12 - 35 x2 gives 394. So the answer is 394.").
-   In :data:`QUICK_ERROR` of the traces (more often the more steps a problem has) the estimate is
-   off, as real first answers on hard problems often are.
-2. **Step by step** ("Wait, that was only an estimate. Let me work it out step by step."), one
-   paragraph per step. It ends "So the answer is N." or, when the estimate was off, "So the answer
-   is actually N, not M.". In :data:`STEP_ERROR` of the traces one step here slips.
-3. **Check of every step** ("Wait, let me check each step again."), which finds and fixes that slip.
-4. Zero to three redundant re-checks (last step, the question, first step), mostly opening with
-   "Wait", as the overthinking that early exit should cut.
+1. **Step by step**, one paragraph per step.
+2. **A check after every hard step** (groups, doubling, sharing): a paragraph opening with "Wait"
+   that recomputes the step ("Wait, let me check that: 3 * 5 = 15, and 14 + 15 = 29. Yes."). The
+   hesitation goes with the steps where errors happen. In :data:`STEP_ERROR` of the traces one step
+   slips: a hard step's slip is caught by its own check ("..., not 27. So it is 29."), an easy
+   step's slip is carried on and caught only by the check of every step.
+3. "So the answer is N.", then **a check of every step** ("Wait, let me check each step again."),
+   which fixes a carried slip ("So the answer is actually N, not M.").
+4. Zero to three **redundant re-checks** (last step, the question, first step), the overthinking
+   early exit should cut.
 
-A model trained on these traces is wrong at first on many problems for two reasons: the estimate
-in the data is noisy, and the model itself cannot compute a five-step chain in one go. Its
-confidence in a trial answer is meant to be informative and imperfect. :func:`make_probe_example`
-makes it so: a share of the training examples stop the thinking at a transition and ask for the
-answer there (with DEER's inducer, or by closing thinking), and the target is the *true* answer,
-so the model learns how likely the answer it has so far is right.
+The trace never states an early answer the model could copy. The trial answers are the ones a probe
+asks for at a transition: before the last steps are done, the model has to compute the rest in one
+go, which it can do for one easy step and rarely for four. :func:`make_probe_example` teaches it to
+answer there: a share of the training examples stop the thinking at a transition and ask for the
+answer (with DEER's inducer, or by closing thinking), and the target is the *true* answer, so the
+model's confidence in a trial answer follows how likely it is to be right, imperfectly.
 
-The estimate's and the step's slips are drawn from each trace's RNG and never depend on the split,
-so every split of :func:`generate_hard_problems` shares one distribution.
+The slips are drawn from each trace's RNG and never depend on the split, so every split of
+:func:`generate_hard_problems` shares one distribution.
 """
 
 from __future__ import annotations
@@ -37,29 +38,26 @@ from .synthetic import Levels, _apply, _eq, _step_line, generate_problems
 #: Family name of the hard problems: ids read ``hard-<split>-<seed>-<index>``.
 FAMILY = "hard"
 
+_OPS = ("add", "sub", "groups", "times", "share")
 #: difficulty -> (number of operations, max start value, max operand, cap on any value, operations)
 HARD_LEVELS: Levels = {
-    1: ((2, 2), 50, 30, 150, ("add", "sub", "groups")),
-    2: ((3, 3), 100, 50, 300, ("add", "sub", "groups", "times", "share")),
-    3: ((4, 4), 150, 70, 500, ("add", "sub", "groups", "times", "share")),
-    4: ((5, 5), 200, 90, 800, ("add", "sub", "groups", "times", "share")),
+    1: ((3, 4), 40, 15, 100, _OPS),
+    2: ((4, 5), 50, 20, 130, _OPS),
+    3: ((5, 6), 60, 20, 160, _OPS),
+    4: ((6, 7), 60, 25, 200, _OPS),
 }
 
-#: Probability that the quick estimate is off, by number of steps in the problem.
-QUICK_ERROR: dict[int, float] = {2: 0.25, 3: 0.35, 4: 0.45, 5: 0.55}
-#: Probability that one step of the step-by-step pass slips (found by the check of every step).
-STEP_ERROR: dict[int, float] = {2: 0.08, 3: 0.12, 4: 0.16, 5: 0.2}
+#: Operations whose step is followed by a check paragraph (the hard ones).
+CHECKED_OPS = frozenset({"groups", "times", "share"})
+#: Probability that one step of a trace slips, by number of steps in the problem.
+STEP_ERROR: dict[int, float] = {3: 0.1, 4: 0.12, 5: 0.15, 6: 0.18, 7: 0.2}
 #: Probability of 0-3 redundant re-checks after the check of every step.
 REDUNDANT_WEIGHTS: tuple[float, ...] = (0.1, 0.3, 0.35, 0.25)
 
 #: The inducer DEER appends to a probed prefix (:data:`reasonexit.methods.deer.DEFAULT_INDUCER`).
 PROBE_INDUCER = "\n**Final Answer**\n\\boxed{"
 
-_OPENERS_STEPWISE = (
-    "Wait, that was only an estimate. Let me work it out step by step.",
-    "Wait, I should not trust a quick estimate. Let me go step by step.",
-    "Wait, let me compute it properly, one step at a time.",
-)
+_OPENERS_STEP_CHECK = ("Wait, let me check that:", "Wait, is that right?", "Wait, let me recompute:")
 _OPENERS_CHECK = (
     "Wait, let me check each step again.",
     "Wait, let me verify every step.",
@@ -75,78 +73,72 @@ def generate_hard_problems(
 
 
 def _slip(rng: random.Random, right: int) -> int:
-    """A plausible wrong result near ``right``: off by a little, by ten or twenty, never negative."""
+    """A plausible wrong result near ``right``: off by one or two, or by ten; never negative."""
     while True:
-        delta = rng.choice((-20, -10, -10, -2, -1, 1, 1, 2, 10, 10, 20))
+        delta = rng.choice((-10, -2, -1, -1, 1, 1, 2, 10))
         if right + delta >= 0:
             return right + delta
 
 
-def _quick_chain(problem: dict[str, Any]) -> str:
-    """The whole chain in one line, without intermediate results: ``148 +7*12 -35 x2 /3``."""
-    parts = [str(problem["start"])]
-    for step in problem["steps"]:
-        op = step["op"]
-        if op == "add":
-            parts.append(f"+{step['a']}")
-        elif op == "sub":
-            parts.append(f"-{step['a']}")
-        elif op == "groups":
-            parts.append(f"+{step['k']}*{step['m']}")
-        elif op == "times":
-            parts.append(f"x{step['k']}")
-        else:
-            parts.append(f"/{step['k']}")
-    return " ".join(parts)
+def _check_eq(step: dict[str, Any], before: int, after: int) -> str:
+    """What a check recomputes: a group step's product and sum, another step's equation."""
+    if step["op"] == "groups":
+        return f"{step['k']} * {step['m']} = {step['a']}, and {_eq(step, before, after)}"
+    return _eq(step, before, after)
 
 
-def _run_steps(
-    problem: dict[str, Any], rng: random.Random, slip_at: int | None
-) -> tuple[list[str], int, tuple[int, int, int] | None, bool]:
-    """The step paragraphs with step ``slip_at`` slipping; also whether every share came out even."""
-    paras = []
-    value = problem["start"]
-    slipped = None
-    even = True
-    for i, step in enumerate(problem["steps"]):
-        even = even and not (step["op"] == "share" and value % step["k"])
-        after = _apply(step["op"], step, value)
-        if i == slip_at:
-            after = _slip(rng, after)
-            slipped = (i, value, after)
-        paras.append(_step_line(step, value, after, problem["pronoun"], rng))
-        value = after
-    return paras, value, slipped, even
+def _plan_slip(problem: dict[str, Any], slip_at: int | None, wrong: int) -> int | None:
+    """``slip_at`` if its slip is visible and even: a carried slip must change the answer and keep
+    every later share whole; a slip at a checked step is fixed at once, so it always stays."""
+    if slip_at is None or problem["steps"][slip_at]["op"] in CHECKED_OPS:
+        return slip_at
+    value = wrong
+    for step in problem["steps"][slip_at + 1 :]:
+        if step["op"] == "share" and value % step["k"]:
+            return None
+        value = _apply(step["op"], step, value)
+    return None if value == problem["answer"] else slip_at
 
 
-def _stepwise(
+def _steps(
     problem: dict[str, Any], rng: random.Random, slip_at: int | None
 ) -> tuple[list[str], int, tuple[int, int, int] | None]:
-    """Step-by-step paragraphs; step ``slip_at`` (if any) slips and later steps carry the error.
+    """Step paragraphs with their checks; returns them, the value reached and a carried slip.
 
-    Returns the paragraphs, the value reached and ``(index, before, wrong)`` of the slip. A slip
-    that a later step would hide or make uneven (a share that does not divide, a final value that
-    comes out right anyway) is not made: the pass is then written without one. The trial run uses
-    a copy of ``rng``, so traces with a slip draw exactly what they would without the check.
+    A slip at a checked step is shown and fixed by the check that follows; a slip at another step
+    is carried to the end (``(index, before, wrong)`` is returned so the check of every step can
+    name it).
     """
-    if slip_at is not None:
-        trial = random.Random()
-        trial.setstate(rng.getstate())
-        _, reached, _, even = _run_steps(problem, trial, slip_at)
-        if not even or reached == problem["answer"]:
-            slip_at = None
-    paras, reached, slipped, _ = _run_steps(problem, rng, slip_at)
-    return paras, reached, slipped
+    paras: list[str] = []
+    value = problem["start"]
+    carried = None
+    for i, step in enumerate(problem["steps"]):
+        right = _apply(step["op"], step, value)
+        shown = _slip(rng, right) if i == slip_at else right
+        if i == slip_at and _plan_slip(problem, slip_at, shown) is None:
+            shown = right
+        paras.append(_step_line(step, value, shown, problem["pronoun"], rng))
+        if step["op"] in CHECKED_OPS:
+            opener = rng.choice(_OPENERS_STEP_CHECK)
+            if shown == right:
+                paras.append(f"{opener} {_check_eq(step, value, right)}. {rng.choice(('Yes.', 'Right.'))}")
+            else:
+                paras.append(f"{opener} {_check_eq(step, value, right)}, not {shown}. So it is {right}.")
+                shown = right
+        elif shown != right:
+            carried = (i, value, shown)
+        value = shown
+    return paras, value, carried
 
 
-def _check_all(problem: dict[str, Any], rng: random.Random, slipped: tuple | None, reached: int) -> str:
-    """The check of every step: the right chain, naming and fixing a slip if there was one."""
+def _check_all(problem: dict[str, Any], rng: random.Random, carried: tuple | None, reached: int) -> str:
+    """The check of every step: the right chain, naming and fixing a carried slip if there was one."""
     ans = problem["answer"]
     opener = rng.choice(_OPENERS_CHECK)
     chain = ", ".join(_eq(s, s["before"], s["after"]) for s in problem["steps"])
-    if slipped is None:
+    if carried is None:
         return f"{opener} {chain}. Every step is right, so the answer is {ans}."
-    i, before, wrong = slipped
+    i, before, wrong = carried
     bad = _eq(problem["steps"][i], before, wrong)
     return f"{opener} {bad} is wrong. {chain}. So the answer is actually {ans}, not {reached}."
 
@@ -170,7 +162,7 @@ def make_hard_trace(problem: dict[str, Any], rng: random.Random) -> tuple[str, s
     """Build a hard-testbed reasoning trace for a problem of :func:`generate_hard_problems`.
 
     Returns ``(thinking, answer_text)`` as :func:`reasonexit.data.synthetic.make_trace` does: the
-    thinking's paragraphs are separated by ``"\\n\\n"`` and every re-check opens a paragraph with a
+    thinking's paragraphs are separated by ``"\\n\\n"`` and every check opens a paragraph with a
     transition word; the answer text ends with ``\\boxed{N}`` and the correct answer. The
     thinking's last stated answer is always the correct one.
     """
@@ -179,19 +171,11 @@ def make_hard_trace(problem: dict[str, Any], rng: random.Random) -> tuple[str, s
     name, item = problem["name"], problem["item"]
     paras = [rng.choice((f"{name} starts with {problem['start']} {item}.", f"{name} has {problem['start']} {item}."))]
 
-    quick = _slip(rng, ans) if rng.random() < QUICK_ERROR.get(n_ops, 0.55) else ans
-    paras.append(f"Quick estimate: {_quick_chain(problem)} gives {quick}. So the answer is {quick}.")
-
     slip_at = rng.randrange(n_ops) if rng.random() < STEP_ERROR.get(n_ops, 0.2) else None
-    body, reached, slipped = _stepwise(problem, rng, slip_at)
-    paras.append(rng.choice(_OPENERS_STEPWISE))
+    body, reached, carried = _steps(problem, rng, slip_at)
     paras.extend(body)
-    if reached == quick:
-        paras.append(f"So the answer is {reached}.")
-    else:
-        paras.append(f"So the answer is actually {reached}, not {quick}.")
-
-    paras.append(_check_all(problem, rng, slipped, reached))
+    paras.append(f"So the answer is {reached}.")
+    paras.append(_check_all(problem, rng, carried, reached))
     n_more = rng.choices(range(len(REDUNDANT_WEIGHTS)), weights=REDUNDANT_WEIGHTS)[0]
     for position in range(n_more):
         paras.append(_redundant(problem, rng, position))

@@ -15,7 +15,7 @@ from reasonexit.data.synthetic_hard import (
     CLOSE_THINKING,
     HARD_LEVELS,
     PROBE_INDUCER,
-    QUICK_ERROR,
+    CHECKED_OPS,
     STEP_ERROR,
     generate_hard_problems,
     make_hard_trace,
@@ -44,7 +44,8 @@ def test_problems_are_harder_and_separate_from_the_quick_set() -> None:
         assert lo <= len(p["steps"]) <= hi
         assert solve(p) == p["answer"]
         assert max(s["after"] for s in p["steps"]) <= cap
-    assert max(p["answer"] for p in probs) >= 300  # values reach three digits, unlike the quick set
+    assert max(len(p["steps"]) for p in probs) == 7  # longer chains than the quick set's
+    assert max(p["answer"] for p in probs) > 120  # and larger values
     assert max(p["answer"] for p in generate_problems(400, split="test", seed=0)) <= 120
     easy = {p["problem"] for p in generate_problems(400, split="test", seed=0)}
     assert not easy & {p["problem"] for p in probs}
@@ -64,40 +65,43 @@ def test_splits_are_disjoint() -> None:
 
 
 def test_trace_kinds() -> None:
-    """Estimate, step by step, check of every step, redundant re-checks; the answer settles late."""
-    quick_wrong = {n: [] for n in QUICK_ERROR}
-    step_wrong = {n: [] for n in STEP_ERROR}
+    """Steps with a check after every hard one, a check of every step, redundant re-checks."""
+    slipped = {n: [] for n in STEP_ERROR}
+    caught_at_once = carried = 0
     for prob, thinking, answer in traces():
         n_ops, gold = len(prob["steps"]), prob["answer"]
         paras = thinking.split("\n\n")
-        assert paras[1].startswith("Quick estimate:")
-        quick = int(STATED.search(paras[1]).group(1))
-        quick_wrong[n_ops].append(quick != gold)
-        assert paras[2].startswith("Wait")  # the step-by-step pass opens with a transition
+        assert not paras[0].startswith(("Wait", "Hmm", "Alternatively"))
+        assert answer.endswith((f"\\boxed{{{gold}}}", f"\\boxed{{{gold}}}."))
         stated = [int(x) for x in STATED.findall(thinking)]
-        assert stated[-1] == gold and answer.endswith(f"\\boxed{{{gold}}}") or answer.endswith(f"\\boxed{{{gold}}}.")
-        assert stated[-1] == gold
-        # the step-by-step answer: its "actually" marks a change from the estimate
-        step_para = next(p for p in paras[3:] if p.startswith("So the answer is"))
-        reached = int(STATED.search(step_para).group(1))
-        assert ("actually" in step_para) == (reached != quick)
-        step_wrong[n_ops].append(reached != gold)
+        assert stated[-1] == gold  # the last stated answer is always right
+        # no answer is stated before the steps are done: trial answers come from probes only
+        first_answer = next(i for i, p in enumerate(paras) if p.startswith("So the answer is"))
+        assert not any(STATED.search(p) for p in paras[:first_answer])
+        step_checks = [p for p in paras[:first_answer] if p.startswith("Wait")]
+        hard_steps = sum(s["op"] in CHECKED_OPS for s in prob["steps"])
+        assert len(step_checks) == hard_steps  # a check follows every hard step, and only those
+        fixed_now = sum(", not " in p for p in step_checks)
+        reached = stated[0]
         check = next(
             p
             for p in paras
             if p.startswith(("Wait, let me check each", "Wait, let me verify every", "Wait, let me go over"))
         )
-        assert ("is wrong" in check) == (reached != gold)  # the check finds exactly the slips
-        assert len(transition_cuts(thinking)) >= 2
-        assert all(not p.startswith(("Wait", "Hmm", "Alternatively")) or i >= 2 for i, p in enumerate(paras))
-    for n, rate in QUICK_ERROR.items():
-        seen = sum(quick_wrong[n]) / len(quick_wrong[n])
-        assert abs(seen - rate) < 0.08, (n, seen, rate)
+        assert ("is wrong" in check) == (reached != gold)  # the check of every step finds a carried slip
+        assert ("actually" in check) == (reached != gold)
+        assert fixed_now + (reached != gold) <= 1
+        caught_at_once += fixed_now
+        carried += reached != gold
+        slipped[n_ops].append(fixed_now + (reached != gold))
+        # probe points: every step check, the check of every step, each redundant re-check
+        assert len(transition_cuts(thinking)) == hard_steps + 1 + len(paras) - paras.index(check) - 1
+    assert caught_at_once > 50 and carried > 50  # both kinds of slip occur
     for n, rate in STEP_ERROR.items():
-        seen = sum(step_wrong[n]) / len(step_wrong[n])
-        assert abs(seen - rate) < 0.07, (n, seen, rate)
-    # errors grow with the number of steps, as on real hard problems
-    assert QUICK_ERROR[5] > QUICK_ERROR[2] and STEP_ERROR[5] > STEP_ERROR[2]
+        seen = sum(slipped[n]) / len(slipped[n])
+        # a carried slip that would not change the answer (or would split unevenly) is not made
+        assert rate - 0.08 < seen <= rate + 0.05, (n, seen, rate)
+    assert STEP_ERROR[7] > STEP_ERROR[3]  # errors grow with the number of steps
 
 
 def test_probe_examples_ask_for_the_true_answer() -> None:
