@@ -1,9 +1,9 @@
 """The hard testbed's problems and traces: trial answers that are uncertain and settle late.
 
 This module feeds ``reasonexit/assets/tiny_reasoner_hard``, the testbed on which exit rules are
-measured. It reuses the word problems of :mod:`reasonexit.data.synthetic` with longer chains
-(:data:`HARD_LEVELS`: three to seven steps, values up to 200), so that a network of a few million
-parameters gets many of them wrong, and writes traces whose transitions come *inside* the
+measured. It reuses the word problems of :mod:`reasonexit.data.synthetic` with longer chains and
+every operation at every level (:data:`HARD_LEVELS`: two to six steps, values up to 100), and
+writes traces whose transitions come *inside* the
 computation, as a real reasoning model's "Wait" does:
 
 1. **Step by step**, one paragraph per step.
@@ -19,10 +19,12 @@ computation, as a real reasoning model's "Wait" does:
 
 The trace never states an early answer the model could copy. The trial answers are the ones a probe
 asks for at a transition: before the last steps are done, the model has to compute the rest in one
-go, which it can do for one easy step and rarely for four. :func:`make_probe_example` teaches it to
-answer there: a share of the training examples stop the thinking at a transition and ask for the
-answer (with DEER's inducer, or by closing thinking), and the target is the *true* answer, so the
-model's confidence in a trial answer follows how likely it is to be right, imperfectly.
+go, which it can do for one easy step and rarely for four. (A first version with chains of 3-7
+steps and values up to 200 trained to 21.7% accuracy in the hour: too hard to learn.)
+:func:`make_probe_example` teaches it to answer there: a share of the training examples stop the
+thinking at a transition and ask for the answer (with DEER's inducer, or by closing thinking), and
+the target is the *true* answer, so the model's confidence in a trial answer follows how likely it
+is to be right, imperfectly.
 
 The slips are drawn from each trace's RNG and never depend on the split, so every split of
 :func:`generate_hard_problems` shares one distribution.
@@ -41,18 +43,18 @@ FAMILY = "hard"
 _OPS = ("add", "sub", "groups", "times", "share")
 #: difficulty -> (number of operations, max start value, max operand, cap on any value, operations)
 HARD_LEVELS: Levels = {
-    1: ((3, 4), 40, 15, 100, _OPS),
-    2: ((4, 5), 50, 20, 130, _OPS),
-    3: ((5, 6), 60, 20, 160, _OPS),
-    4: ((6, 7), 60, 25, 200, _OPS),
+    1: ((2, 3), 20, 9, 40, _OPS),
+    2: ((3, 4), 25, 12, 60, _OPS),
+    3: ((4, 5), 30, 12, 80, _OPS),
+    4: ((5, 6), 30, 15, 100, _OPS),
 }
 
 #: Operations whose step is followed by a check paragraph (the hard ones).
 CHECKED_OPS = frozenset({"groups", "times", "share"})
 #: Probability that one step of a trace slips, by number of steps in the problem.
-STEP_ERROR: dict[int, float] = {3: 0.1, 4: 0.12, 5: 0.15, 6: 0.18, 7: 0.2}
+STEP_ERROR: dict[int, float] = {2: 0.08, 3: 0.1, 4: 0.12, 5: 0.15, 6: 0.18}
 #: Probability of 0-3 redundant re-checks after the check of every step.
-REDUNDANT_WEIGHTS: tuple[float, ...] = (0.1, 0.3, 0.35, 0.25)
+REDUNDANT_WEIGHTS: tuple[float, ...] = (0.2, 0.4, 0.3, 0.1)
 
 #: The inducer DEER appends to a probed prefix (:data:`reasonexit.methods.deer.DEFAULT_INDUCER`).
 PROBE_INDUCER = "\n**Final Answer**\n\\boxed{"
@@ -88,8 +90,9 @@ def _check_eq(step: dict[str, Any], before: int, after: int) -> str:
 
 
 def _plan_slip(problem: dict[str, Any], slip_at: int | None, wrong: int) -> int | None:
-    """``slip_at`` if its slip is visible and even: a carried slip must change the answer and keep
-    every later share whole; a slip at a checked step is fixed at once, so it always stays."""
+    """``slip_at`` if its slip is visible and sound: a carried slip must change the answer, keep every
+    later share whole and every later value >= 0; a slip at a checked step is fixed at once, so it
+    always stays."""
     if slip_at is None or problem["steps"][slip_at]["op"] in CHECKED_OPS:
         return slip_at
     value = wrong
@@ -97,6 +100,8 @@ def _plan_slip(problem: dict[str, Any], slip_at: int | None, wrong: int) -> int 
         if step["op"] == "share" and value % step["k"]:
             return None
         value = _apply(step["op"], step, value)
+        if value < 0:
+            return None
     return None if value == problem["answer"] else slip_at
 
 
@@ -171,7 +176,7 @@ def make_hard_trace(problem: dict[str, Any], rng: random.Random) -> tuple[str, s
     name, item = problem["name"], problem["item"]
     paras = [rng.choice((f"{name} starts with {problem['start']} {item}.", f"{name} has {problem['start']} {item}."))]
 
-    slip_at = rng.randrange(n_ops) if rng.random() < STEP_ERROR.get(n_ops, 0.2) else None
+    slip_at = rng.randrange(n_ops) if rng.random() < STEP_ERROR.get(n_ops, 0.18) else None
     body, reached, carried = _steps(problem, rng, slip_at)
     paras.extend(body)
     paras.append(f"So the answer is {reached}.")
