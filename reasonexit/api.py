@@ -113,10 +113,13 @@ async def agenerate(
     golds: Sequence[str] | None = None,
     kind: str = "math",
     settings: str | None = None,
+    suppress_reflection: bool = False,
+    reflection_words: Sequence[str] | None = None,
     **method_options: Any,
 ) -> list[Result]:
     """Async :func:`generate`: awaitable from any event loop (the engine runs on its own loop)."""
-    decoding = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    decoding = _decoding(temperature, top_p, max_tokens, seed, suppress_reflection, reflection_words)
+    decoding.update(_decoding_options(method_options))
     call = _prepare(
         prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind, settings
     )
@@ -138,24 +141,57 @@ def generate(
     golds: Sequence[str] | None = None,
     kind: str = "math",
     settings: str | None = None,
+    suppress_reflection: bool = False,
+    reflection_words: Sequence[str] | None = None,
     **method_options: Any,
 ) -> list[Result]:
     """Generate with a named method (``vanilla``, ``budget``, ...) and return one :class:`Result` a prompt.
 
     ``prompts`` is a user message, a list of chat messages, or a list of either. The chat template
-    is applied. Method options are keywords (e.g. ``max_thinking_tokens=256``); ``settings`` names a
-    settings file (``reasonexit calibrate`` writes one) whose method and options apply, under the
-    keywords given. Without ``model``,
-    ``engine`` or ``session``, the bundled tiny reasoning model is used. With ``golds``, results
-    are graded. Bad input raises a one-line :class:`~reasonexit.errors.UserError` before any
+    is applied. ``suppress_reflection`` bars the reflection words (``reflection_words``, default
+    :data:`~reasonexit.methods.base.REFLECTION_WORDS`) from the output with vLLM's ``bad_words``
+    (NoWait); the other decoding fields (``top_k``, the safety exits ``on_repetition``,
+    ``on_pattern``, ``wrap_up``, ``grace_tokens``) are keywords too. Method options are keywords
+    (e.g. ``max_thinking_tokens=256``); ``settings`` names a settings file (``reasonexit
+    calibrate`` writes one) whose method and options apply, under the keywords given. Without
+    ``model``, ``engine`` or ``session``, the bundled tiny reasoning model is used. With ``golds``,
+    results are graded. Bad input raises a one-line :class:`~reasonexit.errors.UserError` before
+    any
     engine starts; an empty list returns ``[]`` without starting one. A prompt whose method
     fails gets a result with ``exit_reason == "error"`` and the cause in ``error``.
     """
-    decoding = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    decoding = _decoding(temperature, top_p, max_tokens, seed, suppress_reflection, reflection_words)
+    decoding.update(_decoding_options(method_options))
     call = _prepare(
         prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind, settings
     )
     return [] if call is None else call[0].run(call[1])
+
+
+def _decoding(
+    temperature: float,
+    top_p: float,
+    max_tokens: int,
+    seed: int,
+    suppress_reflection: bool,
+    reflection_words: Sequence[str] | None,
+) -> dict[str, Any]:
+    """The decoding keywords of :func:`generate` as :class:`Decoding` fields."""
+    out: dict[str, Any] = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    out["suppress_reflection"] = suppress_reflection
+    if reflection_words is not None:
+        out["reflection_words"] = tuple(reflection_words)
+    return out
+
+
+def _decoding_options(method_options: dict[str, Any]) -> dict[str, Any]:
+    """Take the :class:`Decoding` fields without a keyword of their own (``top_k``, the safety exits
+    ``on_repetition``, ``on_pattern``, ``wrap_up``, ``grace_tokens``) out of ``method_options``."""
+    import dataclasses
+
+    own = {"temperature", "top_p", "max_tokens", "seed", "suppress_reflection", "reflection_words"}
+    names = {f.name for f in dataclasses.fields(Decoding)} - own
+    return {k: method_options.pop(k) for k in list(method_options) if k in names}
 
 
 def _session_for(model: str | None, engine: EngineConfig | None, session: EngineSession | None) -> EngineSession:

@@ -8,6 +8,9 @@ BUILTIN = {
     "budget": "Budget",
     "deer": "Deer",
     "flashthink": "FlashThink",
+    "dynasor": "Dynasor",
+    "consistency": "Consistency",
+    "entropy": "Entropy",
     "ffs": "Ffs",
     "majority": "Majority",
 }

@@ -25,6 +25,9 @@ from ..errors import UserError, first_line
 from ..options import check_at_least, convert, opt
 from ..registry import Registry, register_in
 
+#: Reflection words NoWait (arXiv 2506.08343) bars, as they open R1-style re-checks.
+REFLECTION_WORDS: tuple[str, ...] = ("Wait", "wait", "Hmm", "hmm", "Alternatively", "alternatively")
+
 
 @dataclass
 class Decoding:
@@ -35,11 +38,57 @@ class Decoding:
     max_tokens: int = opt(2048, help="cap on generated tokens per problem (thinking and answer)")
     seed: int = opt(0, help="seed of the engine and of every sampled request")
     top_k: int = opt(-1, help="sample from the k most likely tokens only (-1: no limit)")
+    suppress_reflection: bool = opt(
+        False,
+        help="bar the reflection words (--reflection-words) from the trace and answer (NoWait), "
+        "with vLLM's own bad_words (both model runners); probes and verifiers are not barred",
+    )
+    reflection_words: tuple[str, ...] = opt(
+        REFLECTION_WORDS, help="the words --suppress-reflection bars (each also after a space)"
+    )
+    on_repetition: int = opt(
+        0,
+        help="end thinking, then answer, when its last N tokens repeat a block of at most N/2 tokens "
+        "back to back (0: off; 64 is a fair start)",
+    )
+    on_pattern: str = opt("", help="end thinking, then answer, once the newest thinking matches this regex")
+    wrap_up: str = opt(
+        "",
+        help="text written before the end-of-thinking marker when a safety exit or a thinking budget ends "
+        "thinking, e.g. 'Considering the limited time, I have to give the answer now.'",
+    )
+    grace_tokens: int = opt(
+        0, help="after a safety exit or budget fires, up to N more thinking tokens to finish the sentence"
+    )
 
     def __post_init__(self) -> None:
         """Check the settings before any engine starts: ``max_tokens``, then the rest with vLLM's
         own ``SamplingParams`` validation (no engine needed); one-line :class:`UserError` s."""
         check_at_least("max_tokens", self.max_tokens, 1, rule="be an integer >= 1")
+        check_at_least("on_repetition", self.on_repetition, 0)
+        if 0 < self.on_repetition < 4:
+            raise UserError("--on-repetition must be 0 (off) or at least 4 tokens")
+        check_at_least("grace_tokens", self.grace_tokens, 0)
+        if self.on_pattern:
+            import re
+
+            try:
+                re.compile(self.on_pattern)
+            except re.error as exc:
+                raise UserError(f"--on-pattern is not a regular expression: {exc}") from None
+        if self.suppress_reflection:
+            words = [w for w in self.reflection_words if w.strip()]
+            if not words:
+                raise UserError("--suppress-reflection needs at least one --reflection-words entry")
+            # vLLM bars each word bare and after a space, and its GPU model runner (V2) holds at
+            # most VLLM_MAX_NUM_BAD_WORDS sequences a request; the CPU runner has no such limit
+            from vllm import envs
+
+            if 2 * len(words) > envs.VLLM_MAX_NUM_BAD_WORDS:
+                raise UserError(
+                    f"--reflection-words: {len(words)} words make {2 * len(words)} barred sequences, "
+                    f"more than vLLM's VLLM_MAX_NUM_BAD_WORDS ({envs.VLLM_MAX_NUM_BAD_WORDS})"
+                )
         from vllm import SamplingParams
 
         try:
@@ -97,6 +146,9 @@ class Context:
         token ids), so the text keeps the stop string, as vLLM's ``include_stop_str_in_output``."""
         if self.stop:
             overrides = {"stop": list(self.stop), "detokenize": True, "include_stop_str_in_output": True, **overrides}
+        if self.decoding.suppress_reflection:
+            words = [w.strip() for w in self.decoding.reflection_words if w.strip()]
+            overrides = {"bad_words": words, **overrides}
         return self.sampling(**overrides)
 
     def room(self, max_tokens: int, used: int = 0) -> int:
@@ -140,6 +192,8 @@ class ExitReason(StrEnum):
     EOS = "eos"  # the model ended by itself
     LENGTH = "length"  # the token limit stopped the model
     ERROR = "error"  # the problem's controller raised (the row's ``error`` says why)
+    REPETITION = "repetition"  # a safety exit: the thinking looped (``--on-repetition``)
+    PATTERN = "pattern"  # a safety exit: the thinking matched ``--on-pattern``
 
     @classmethod
     def from_finish(cls, finish_reason: str | None) -> ExitReason:

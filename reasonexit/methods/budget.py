@@ -26,6 +26,8 @@ from ..options import opt
 from ..step_rules.budget import budget_args
 from ..thinking import split_completion, thinking_in_prompt
 from .base import Context, ExitReason, Method, Outcome, register
+from .early_exit import ExitLimits, NoChecks, run_early_exit
+from .safety import wants_watch
 
 
 @dataclass
@@ -65,6 +67,13 @@ class Budget(Method):
         session, markers = ctx.session, ctx.session.markers
         markers.require_span(self.name)
         budget = self.params.max_thinking_tokens
+        dec = ctx.decoding
+        if wants_watch(dec) or dec.wrap_up or dec.grace_tokens:
+            # the cap as a safety exit: the sentence may finish and a wrap-up precede the end marker
+            limits = ExitLimits(max_checks=0, budget_ratio=1.0, mode="sequential", thinking_cap=budget)
+            outcome = await run_early_exit(ctx, NoChecks(), limits)
+            outcome.info["forced"] = outcome.exit_reason == ExitReason.BUDGET
+            return outcome
         cap = budget  # thinking tokens of the completion at which the marker is forced
         if self.params.impl == "vllm":
             params = ctx.output_sampling(thinking_token_budget=budget)

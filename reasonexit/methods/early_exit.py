@@ -11,9 +11,11 @@ An early-exit method only says two things, through :class:`ExitHooks`:
 :func:`run_early_exit` does everything else: it decodes the trace (following thinking with
 :class:`~reasonexit.thinking.ThinkingTracker`), launches checks, settles their verdicts in trace
 order (the first exit verdict wins, whatever order the checks finish in), enforces the limits
-(``max_checks`` per problem, a thinking budget of ``budget_ratio`` x ``max_tokens``), cuts the
-trace, closes thinking through :func:`~reasonexit.thinking.closing_ids`, lets the model answer,
-and records every check with the verifier's token and time accounting.
+(``max_checks`` per problem, a thinking budget of ``budget_ratio`` x ``max_tokens``, and the safety
+exits of :mod:`reasonexit.methods.safety`: a loop, a pattern, a thinking cap, each with its grace
+tokens and wrap-up text), cuts the trace, closes thinking through
+:func:`~reasonexit.thinking.closing_ids`, lets the model answer, and records every check with the
+verifier's token and time accounting.
 
 Modes (:data:`Mode`):
 
@@ -50,6 +52,7 @@ from ..engine import platform as device
 from ..errors import UserError
 from ..thinking import ThinkingTracker, closing_ids
 from .base import Context, ExitReason, Method, Outcome
+from .safety import SafetyWatch
 
 if TYPE_CHECKING:
     from ..engine import EngineSession
@@ -112,6 +115,9 @@ class ExitLimits:
     checks_elsewhere: bool = False
     check_at_end: bool = False
     records_key: str = "checks"
+    #: End thinking at this many thinking tokens (the ``budget`` method's cap), with the safety
+    #: exits' grace and wrap-up (:mod:`reasonexit.methods.safety`).
+    thinking_cap: int | None = None
 
 
 def validate_limits(max_checks: int, budget_ratio: float, option: str = "--max-checks") -> None:
@@ -186,7 +192,9 @@ class _ExitRun:
         self.settled: list[tuple[int, Verdict]] = []
         self.launched = 0
         self.chosen: tuple[int, Verdict] | None = None  # the first exit verdict, at its cut
-        self.budget_cut: int | None = None
+        self.budget_cut: int | None = None  # a forced exit (budget or safety) cuts here
+        self.forced_reason = ExitReason.BUDGET
+        self.watch = SafetyWatch.for_run(self.session, ctx.decoding, limits.thinking_cap)
         self.main_finish: str | None = None  # the trace's own finish reason, when it ended
         self.segment = 0
         self.dropped = 0  # main-trace tokens decoded past a pause or the budget and thrown away
@@ -206,7 +214,7 @@ class _ExitRun:
         if self.chosen is not None:
             exit_cut, reason = self.chosen[0], self.chosen[1].reason
         elif self.budget_cut is not None:
-            exit_cut, reason = self.budget_cut, ExitReason.BUDGET
+            exit_cut, reason = self.budget_cut, self.forced_reason
         else:
             info["exit_pos"] = None
             self.ctx.emit(self.trace[self.emitted :])
@@ -304,6 +312,11 @@ class _ExitRun:
             if self.budget is not None and tracker.thinking_tokens >= self.budget:
                 self.budget_cut = len(trace)
                 return taken, False
+            if self.watch is not None:
+                why = self.watch.feed(trace, tracker.think_from, tracker.thinking_tokens)
+                if why is not None:
+                    self.budget_cut, self.forced_reason = len(trace), why
+                    return taken, False
             if self.launched < self.limits.max_checks:
                 cut = self.hooks.boundary(trace, tracker.think_from)
                 if cut is not None:
@@ -346,7 +359,13 @@ class _ExitRun:
     async def _answer(self, exit_cut: int, reason: ExitReason, info: dict[str, Any]) -> Outcome:
         """Close thinking after the kept prefix and let the model write its answer."""
         ctx, session, trace = self.ctx, self.session, self.trace
-        head = [*trace[:exit_cut], *closing_ids(session.encode, session.markers)]
+        wrap: list[int] = []
+        if ctx.decoding.wrap_up and reason != ExitReason.CONFIDENT:  # its own paragraph unless it says otherwise
+            text = ctx.decoding.wrap_up
+            wrap = session.encode(text if text[:1].isspace() else "\n\n" + text)
+        head = [*trace[:exit_cut], *wrap, *closing_ids(session.encode, session.markers)]
+        if self.watch is not None and self.watch.reason is not None:
+            info["safety"] = self.watch.record
         info["exit_pos"] = exit_cut - (self.tracker.think_from or 0)
         info["discarded_tokens"] = self.dropped + len(trace) - exit_cut
         if self.emitted > exit_cut:  # a hook's ``hold`` was too small: streamed tokens were cut
@@ -363,3 +382,17 @@ class _ExitRun:
             ctx.request_id("answer"),
         )
         return Outcome([*head, *answer.token_ids], reason.value, info=info, finished=answer.finish_reason == "stop")
+
+
+class NoChecks:
+    """Hooks without check points: the controller then only decodes, with its budget and safety exits."""
+
+    hold = 0
+
+    def boundary(self, trace: list[int], think_from: int) -> int | None:
+        """Never a check point."""
+        return None
+
+    async def judge(self, ctx: Context, trace: list[int], cut: int) -> Verdict:  # pragma: no cover - never called
+        """Never called."""
+        return Verdict(exit=False)

@@ -58,7 +58,7 @@ def test_exit_reasons_are_the_row_strings():
 
     from reasonexit.methods.base import ExitReason
 
-    assert [r.value for r in ExitReason] == ["confident", "budget", "eos", "length", "error"]
+    assert [r.value for r in ExitReason] == ["confident", "budget", "eos", "length", "error", "repetition", "pattern"]
     assert json.dumps({"r": ExitReason.BUDGET}) == '{"r": "budget"}'
     assert ExitReason.from_finish("stop") == "eos" and ExitReason.from_finish("length") == "length"
 
