@@ -118,8 +118,7 @@ async def agenerate(
     **method_options: Any,
 ) -> list[Result]:
     """Async :func:`generate`: awaitable from any event loop (the engine runs on its own loop)."""
-    decoding = _decoding(temperature, top_p, max_tokens, seed, suppress_reflection, reflection_words)
-    decoding.update(_decoding_options(method_options))
+    decoding = _decoding(temperature, top_p, max_tokens, seed, suppress_reflection, reflection_words, method_options)
     call = _prepare(
         prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind, settings
     )
@@ -156,12 +155,10 @@ def generate(
     calibrate`` writes one) whose method and options apply, under the keywords given. Without
     ``model``, ``engine`` or ``session``, the bundled tiny reasoning model is used. With ``golds``,
     results are graded. Bad input raises a one-line :class:`~reasonexit.errors.UserError` before
-    any
-    engine starts; an empty list returns ``[]`` without starting one. A prompt whose method
+    any engine starts; an empty list returns ``[]`` without starting one. A prompt whose method
     fails gets a result with ``exit_reason == "error"`` and the cause in ``error``.
     """
-    decoding = _decoding(temperature, top_p, max_tokens, seed, suppress_reflection, reflection_words)
-    decoding.update(_decoding_options(method_options))
+    decoding = _decoding(temperature, top_p, max_tokens, seed, suppress_reflection, reflection_words, method_options)
     call = _prepare(
         prompts, method, method_options, model, engine, session, decoding, max_in_flight, golds, kind, settings
     )
@@ -175,23 +172,20 @@ def _decoding(
     seed: int,
     suppress_reflection: bool,
     reflection_words: Sequence[str] | None,
+    method_options: dict[str, Any],
 ) -> dict[str, Any]:
-    """The decoding keywords of :func:`generate` as :class:`Decoding` fields."""
+    """The :class:`Decoding` fields of a :func:`generate` call: its decoding keywords, and the fields
+    without a keyword of their own (``top_k``, the safety exits), taken out of ``method_options``."""
+    import dataclasses
+
     out: dict[str, Any] = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
     out["suppress_reflection"] = suppress_reflection
     if reflection_words is not None:
         out["reflection_words"] = tuple(reflection_words)
+    for name in {f.name for f in dataclasses.fields(Decoding)} - set(out) - {"reflection_words"}:
+        if name in method_options:
+            out[name] = method_options.pop(name)
     return out
-
-
-def _decoding_options(method_options: dict[str, Any]) -> dict[str, Any]:
-    """Take the :class:`Decoding` fields without a keyword of their own (``top_k``, the safety exits
-    ``on_repetition``, ``on_pattern``, ``wrap_up``, ``grace_tokens``) out of ``method_options``."""
-    import dataclasses
-
-    own = {"temperature", "top_p", "max_tokens", "seed", "suppress_reflection", "reflection_words"}
-    names = {f.name for f in dataclasses.fields(Decoding)} - own
-    return {k: method_options.pop(k) for k in list(method_options) if k in names}
 
 
 def _session_for(model: str | None, engine: EngineConfig | None, session: EngineSession | None) -> EngineSession:

@@ -77,7 +77,7 @@ class Decoding:
             except re.error as exc:
                 raise UserError(f"--on-pattern is not a regular expression: {exc}") from None
         if self.suppress_reflection:
-            words = [w for w in self.reflection_words if w.strip()]
+            words = self.barred_words
             if not words:
                 raise UserError("--suppress-reflection needs at least one --reflection-words entry")
             # vLLM bars each word bare and after a space, and its GPU model runner (V2) holds at
@@ -95,6 +95,11 @@ class Decoding:
             SamplingParams(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed)
         except Exception as exc:  # noqa: BLE001 - vLLM's VLLMValidationError is not a ValueError
             raise UserError(f"bad sampling settings: {first_line(exc)}") from None
+
+    @property
+    def barred_words(self) -> list[str]:
+        """The reflection words ``--suppress-reflection`` bars (blank entries dropped)."""
+        return [w.strip() for w in self.reflection_words if w.strip()]
 
 
 @dataclass
@@ -147,8 +152,7 @@ class Context:
         if self.stop:
             overrides = {"stop": list(self.stop), "detokenize": True, "include_stop_str_in_output": True, **overrides}
         if self.decoding.suppress_reflection:
-            words = [w.strip() for w in self.decoding.reflection_words if w.strip()]
-            overrides = {"bad_words": words, **overrides}
+            overrides = {"bad_words": self.decoding.barred_words, **overrides}
         return self.sampling(**overrides)
 
     def room(self, max_tokens: int, used: int = 0) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engine import EngineSession
+from ..errors import UserError
 from ..options import opt
 from .base import Context
 from .deer import DEFAULT_CHOICE_INDUCER, DEFAULT_INDUCER, Deer, DeerParams, Probe, TransitionMatcher
@@ -70,8 +71,6 @@ class TrialProbeParams(SeriesParams):
     def validate(self) -> None:
         """Reject impossible limits and probe lengths."""
         super().validate()
-        from ..errors import UserError
-
         if self.probe_tokens < 1:
             raise UserError("--probe-tokens must be >= 1")
 
