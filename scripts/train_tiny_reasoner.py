@@ -134,7 +134,8 @@ def build_examples(n: int, seed: int) -> list[dict]:
     for prob in problems:
         rng = random.Random(f"trace|{seed}|{prob['id']}")
         thinking, answer = make_trace(prob, rng)
-        out.append({"problem": prob["problem"], "completion": completion_text(thinking, answer) + "<|im_end|>"})
+        completion = completion_text(thinking, answer) + "<|im_end|>"
+        out.append({"problem": prob["problem"], "head": "", "marker": "", "completion": completion})
     return out
 
 
