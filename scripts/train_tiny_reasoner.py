@@ -22,10 +22,10 @@ Smoke run of the whole pipeline (2-3 minutes)::
 
 The hard testbed (``reasonexit/assets/tiny_reasoner_hard``; see ``docs/testbed.md``) is trained on
 the hard problems and traces of :mod:`reasonexit.data.synthetic_hard`, with a share of examples that
-ask for the answer partway through the thinking (about 3 s a step on 2 quiet cores, so the time
-budget ends it and anneals the learning rate)::
+ask for the answer partway through the thinking (about 1.1 s a step at batch 16 on 2 quiet cores, so the time
+budget ends it and anneals the learning rate; the bundled one stopped at step 3122)::
 
-    python scripts/train_tiny_reasoner.py --hard --steps 2400 --max-minutes 58 --probe-share 0.3
+    python scripts/train_tiny_reasoner.py --hard --probe-share 0.3 --batch-size 16 --steps 3200 --max-minutes 58
 """
 
 from __future__ import annotations

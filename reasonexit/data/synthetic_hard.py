@@ -19,8 +19,7 @@ computation, as a real reasoning model's "Wait" does:
 
 The trace never states an early answer the model could copy. The trial answers are the ones a probe
 asks for at a transition: before the last steps are done, the model has to compute the rest in one
-go, which it can do for one easy step and rarely for four. (Models trained on these traces have not
-learned the arithmetic yet: docs/testbed.md.) :func:`make_probe_example` teaches it to answer
+go, which it can do for one easy step and rarely for four. :func:`make_probe_example` teaches it to answer
 there: a share of the training examples stop the thinking at a transition and ask for the answer
 (with DEER's inducer, or by closing thinking), and the target is the *true* answer, so the model's
 confidence in a trial answer follows how likely it is to be right, imperfectly.
