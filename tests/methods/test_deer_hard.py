@@ -19,7 +19,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def hard_session(session):
     """A second engine, on the hard testbed, beside the suite's (closed with the module)."""
-    s = get_session(EngineConfig(model="hard", dtype="float32", max_model_len=2048, seed=0))
+    s = get_session(EngineConfig(model="hard", dtype="float32", max_model_len=2048, seed=0), name="hard")
     s.start()
     yield s
     s.close()
