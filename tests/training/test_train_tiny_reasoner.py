@@ -3,22 +3,15 @@ loss mask, built as the script builds them before training (no training: that ta
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from conftest import ROOT
+from conftest import load_script
 
 from reasonexit.data.synthetic_hard import PROBE_INDUCER
-
-SCRIPT = ROOT / "scripts" / "train_tiny_reasoner.py"
 
 
 @pytest.fixture(scope="module")
 def tt():
-    spec = importlib.util.spec_from_file_location("train_tiny_reasoner", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_tiny_reasoner")
 
 
 @pytest.mark.parametrize("hard", [False, True])

@@ -3,22 +3,15 @@ in the input, and training deterministic for a seed (on the test session's engin
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
-from conftest import ROOT
+from conftest import load_script
 
 pytestmark = pytest.mark.slow
-
-SCRIPT = ROOT / "scripts" / "train_verifier.py"
 
 
 @pytest.fixture(scope="module")
 def tv():
-    spec = importlib.util.spec_from_file_location("train_verifier", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("train_verifier")
 
 
 @pytest.fixture(scope="module")
